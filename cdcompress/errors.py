@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad path, a corrupt checkpoint, a malformed recipe) raises
+:class:`CDCompressError` with a one-line message that names the problem and the fix. The CLI
+turns it into ``error: ...`` and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CDCompressError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+class CheckpointError(CDCompressError):
+    """A weights file that cannot be read safely or does not fit the architecture."""
+
+
+class ModelFormatError(CDCompressError):
+    """A saved model directory that is incomplete, corrupt or of an unknown format."""
+
+
+class ImageError(CDCompressError):
+    """An image that cannot be decoded or is outside the supported bounds."""

@@ -1,0 +1,87 @@
+"""Reading and writing images as float tensors in [0, 1], NCHW RGB.
+
+Every input mode Pillow decodes (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) is
+normalised to 8-bit-equivalent RGB; anything undecodable is one :class:`ImageError` line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path, crop_multiple: int = 1) -> torch.Tensor:
+    """Decode ``path`` to a ``[1, 3, H, W]`` float tensor in [0, 1].
+
+    ``crop_multiple`` crops from the top-left so H and W are multiples of it (encoders with
+    pooling need multiples of their stride to reconstruct every pixel).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file; check the path")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            array = _to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc}); use a valid JPEG/PNG file") from None
+    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return crop_to_multiple(tensor, crop_multiple, path)
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 HxWx3 in [0, 1]; 16-bit data keeps its precision."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if data.max() > 255 or img.mode.startswith("I;16") else 255.0
+        gray = np.clip(data / scale, 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white: transparent pixels have no defined colour otherwise.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int, source: str | Path = "image") -> torch.Tensor:
+    if multiple <= 1:
+        return image
+    h, w = image.shape[-2:]
+    h2, w2 = h - h % multiple, w - w % multiple
+    if h2 == 0 or w2 == 0:
+        raise ImageError(f"{source}: {w}x{h} pixels is smaller than the required multiple {multiple}; use a larger image")
+    return image[..., :h2, :w2]
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a ``[1, 3, H, W]`` or ``[3, H, W]`` tensor (clamped to [0, 1]) as an 8-bit image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = to_uint8(image)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    Image.fromarray(array).save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    if image.dim() == 4:
+        image = image[0]
+    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files below ``folder`` (recursive), sorted for reproducibility."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,21 @@
+"""Architectures, the native model format and converters from external weights."""
+
+from .converters import convert_cd_release, convert_torchvision, student_architecture, teacher_architecture
+from .format import CDModel, load, save
+from .vgg import VGG19_WIDTHS, VGGDecoder, VGGEncoder, VGGSpec, conv_names, level_taps
+
+__all__ = [
+    "CDModel",
+    "VGG19_WIDTHS",
+    "VGGDecoder",
+    "VGGEncoder",
+    "VGGSpec",
+    "conv_names",
+    "convert_cd_release",
+    "convert_torchvision",
+    "level_taps",
+    "load",
+    "save",
+    "student_architecture",
+    "teacher_architecture",
+]

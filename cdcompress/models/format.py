@@ -1,0 +1,220 @@
+"""The native model format: a directory with ``model.json`` (the spec) and safetensors weights.
+
+A :class:`CDModel` is a set of encoders and decoders indexed by cut level (the paper trains one
+encoder/decoder pair per level) plus optional training-only embedding branches. Loading rebuilds
+every module from the JSON spec and fills it from safetensors, so nothing is ever unpickled;
+each weights file carries a SHA-256 in the spec and a mismatch is reported as corruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..embed import EmbeddingBranches
+from ..errors import CheckpointError, ModelFormatError
+from .checkpoint import load_weights, read_state_dict
+from .vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
+
+FORMAT_NAME = "cdcompress-model"
+FORMAT_VERSION = 1
+SPEC_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one architecture family's modules from a spec dict."""
+
+    spec_from_dict: Any
+    encoder: type[nn.Module]
+    decoder: type[nn.Module]
+
+
+FAMILIES: dict[str, Family] = {"vgg": Family(VGGSpec.from_dict, VGGEncoder, VGGDecoder)}
+
+
+@dataclass
+class CDModel:
+    """Encoders/decoders per cut level, with the embedding branches that trained them (if any)."""
+
+    family: str = "vgg"
+    encoders: dict[int, nn.Module] = field(default_factory=dict)
+    decoders: dict[int, nn.Module] = field(default_factory=dict)
+    branches: dict[int, EmbeddingBranches] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> list[int]:
+        """Levels usable end to end (an encoder, exact or cut from a deeper one, and a decoder)."""
+        return sorted(k for k in self.decoders if self._encoder_source(k) is not None)
+
+    def encoder(self, level: int) -> nn.Module:
+        """The encoder for ``level``: its own if present, else the next deeper one cut at ``level``."""
+        source = self._encoder_source(level)
+        if source is None:
+            have = sorted(self.encoders) or "none"
+            raise ModelFormatError(f"model has no encoder for level {level} (encoders: {have}); convert or train one")
+        enc = self.encoders[source]
+        return enc if source == level else enc.truncated(level)
+
+    def decoder(self, level: int) -> nn.Module:
+        if level not in self.decoders:
+            have = sorted(self.decoders) or "none"
+            raise ModelFormatError(f"model has no decoder for level {level} (decoders: {have}); convert or train one")
+        return self.decoders[level]
+
+    def _encoder_source(self, level: int) -> int | None:
+        deeper = [k for k in self.encoders if k >= level]
+        return min(deeper) if deeper else None
+
+    def eval(self) -> CDModel:
+        for module in self.modules():
+            module.eval()
+        return self
+
+    def modules(self) -> list[nn.Module]:
+        return [*self.encoders.values(), *self.decoders.values(), *self.branches.values()]
+
+    def to(self, device: torch.device | str) -> CDModel:
+        for module in self.modules():
+            module.to(device)
+        return self
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        return save(self, path, overwrite=overwrite)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
+    entries: list[tuple[dict[str, Any], nn.Module]] = []
+    for role, table in (("encoder", model.encoders), ("decoder", model.decoders)):
+        for level in sorted(table):
+            module = table[level]
+            entry = {"role": role, "level": level, "spec": module.spec.to_dict(), "file": f"{role}{level}.safetensors"}
+            entries.append((entry, module))
+    for level in sorted(model.branches):
+        branches = model.branches[level]
+        entry = {
+            "role": "branches",
+            "level": level,
+            "taps": {tap: list(io) for tap, io in branches.widths.items()},
+            "tokens": [tap for tap, is_token in branches.token_taps.items() if is_token],
+            "file": f"branches{level}.safetensors",
+        }
+        entries.append((entry, branches))
+    return entries
+
+
+def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model`` as a model directory; the directory appears only once complete."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ModelFormatError(f"{path} already exists; choose another --out or pass overwrite/--force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        parts = []
+        for entry, module in _part_entries(model):
+            state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+            save_file(state, str(staging / entry["file"]))
+            entry["parameters"] = count_parameters(module)
+            entry["sha256"] = sha256_file(staging / entry["file"])
+            parts.append(entry)
+        spec = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "family": model.family,
+            "input": {"layout": "NCHW", "color": "RGB", "range": [0, 1]},
+            **{k: v for k, v in model.meta.items() if k not in {"format", "format_version", "family", "parts"}},
+            "parts": parts,
+        }
+        (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """Parse and sanity-check ``model.json`` of a model directory."""
+    path = Path(path)
+    spec_path = path / SPEC_FILE if path.is_dir() else path
+    if not spec_path.is_file():
+        raise ModelFormatError(
+            f"{path}: not a cdcompress model directory (no {SPEC_FILE}); create one with `cdcompress convert`"
+        )
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{spec_path}: invalid JSON ({exc}); restore or re-create the model") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
+        raise ModelFormatError(f"{spec_path}: not a {FORMAT_NAME} spec; create one with `cdcompress convert`")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{spec_path}: format version {spec.get('format_version')!r} is not supported "
+            f"(this cdcompress reads {FORMAT_VERSION}); upgrade cdcompress"
+        )
+    if spec.get("family") not in FAMILIES:
+        raise ModelFormatError(f"{spec_path}: unknown model family {spec.get('family')!r}; known: {sorted(FAMILIES)}")
+    if not isinstance(spec.get("parts"), list):
+        raise ModelFormatError(f"{spec_path}: 'parts' must be a list; restore or re-create the model")
+    return spec
+
+
+def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> CDModel:
+    """Rebuild a :class:`CDModel` from its directory (no pickle involved), in eval mode."""
+    path = Path(path)
+    spec = read_spec(path)
+    family = FAMILIES[spec["family"]]
+    model = CDModel(family=spec["family"], meta={k: v for k, v in spec.items() if k not in {"parts"}})
+    for entry in spec["parts"]:
+        module, table = _build_part(model, family, entry, path)
+        weights = path / entry["file"]
+        if not weights.is_file():
+            raise ModelFormatError(f"{weights}: missing weights file listed in {SPEC_FILE}; restore or re-create the model")
+        if verify and entry.get("sha256") and sha256_file(weights) != entry["sha256"]:
+            raise ModelFormatError(f"{weights}: checksum mismatch, the file is corrupt; restore or re-create the model")
+        load_weights(module, read_state_dict(weights), weights)
+        table[int(entry["level"])] = module.to(device).eval()
+    return model
+
+
+def _build_part(model: CDModel, family: Family, entry: Mapping[str, Any], path: Path) -> tuple[nn.Module, dict]:
+    try:
+        role = entry["role"]
+        if role == "branches":
+            taps = {tap: (int(io[0]), int(io[1])) for tap, io in entry["taps"].items()}
+            tokens = {tap: True for tap in entry.get("tokens", [])}
+            return EmbeddingBranches(taps, tokens), model.branches
+        part_spec = family.spec_from_dict(entry["spec"])
+        if role == "encoder":
+            return family.encoder(part_spec), model.encoders
+        if role == "decoder":
+            return family.decoder(part_spec), model.decoders
+        raise ModelFormatError(f"{path / SPEC_FILE}: unknown part role {role!r}; expected encoder, decoder or branches")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path / SPEC_FILE}: malformed part {dict(entry)!r} ({exc}); re-create the model") from None
+
+
+__all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "sha256_file"]
