@@ -53,6 +53,7 @@ class CDModel:
     decoders: dict[int, nn.Module] = field(default_factory=dict)
     branches: dict[int, EmbeddingBranches] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    _cuts: dict[tuple[int, int], nn.Module] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def levels(self) -> list[int]:
@@ -66,7 +67,13 @@ class CDModel:
             have = sorted(self.encoders) or "none"
             raise ModelFormatError(f"model has no encoder for level {level} (encoders: {have}); convert or train one")
         enc = self.encoders[source]
-        return enc if source == level else enc.truncated(level)
+        if source == level:
+            return enc
+        # Cut once and reuse; the cut is keyed on the source module so replacing it invalidates.
+        key = (level, id(enc))
+        if key not in self._cuts:
+            self._cuts[key] = enc.truncated(level).train(enc.training)
+        return self._cuts[key]
 
     def decoder(self, level: int) -> nn.Module:
         if level not in self.decoders:
@@ -84,7 +91,7 @@ class CDModel:
         return self
 
     def modules(self) -> list[nn.Module]:
-        return [*self.encoders.values(), *self.decoders.values(), *self.branches.values()]
+        return [*self.encoders.values(), *self.decoders.values(), *self.branches.values(), *self._cuts.values()]
 
     def to(self, device: torch.device | str) -> CDModel:
         for module in self.modules():
