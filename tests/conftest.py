@@ -1,0 +1,34 @@
+"""Shared fixtures: the paper's released checkpoints and real photos from ../shared (skipped when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+CD16X = SHARED / "reference" / "cd16x"
+IMAGES = SHARED / "images"
+
+
+@pytest.fixture(scope="session")
+def cd16x_dir() -> Path:
+    if not (CD16X / "se5.pth").is_file():
+        pytest.skip("../shared/reference/cd16x is not available")
+    return CD16X
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    if not (IMAGES / "content").is_dir():
+        pytest.skip("../shared/images is not available")
+    return IMAGES
+
+
+@pytest.fixture(scope="session")
+def released_model_dir(cd16x_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The released 16x students converted once per session into the native format."""
+    from cdcompress.models import convert_cd_release, save
+
+    return save(convert_cd_release(cd16x_dir), tmp_path_factory.mktemp("models") / "cd16x")

@@ -1,0 +1,77 @@
+"""`cdcompress inspect`, `convert` and `eval recon` end to end, including their error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cdcompress.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(map(str, args)))
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(code: int, output: str, needle: str) -> None:
+    assert code == 2, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], output
+
+
+def test_inspect_builtin_teacher_and_student() -> None:
+    code, out = run("inspect", "vgg19")
+    assert code == 0, out
+    assert "| encoder | 5 | 12,944,972 |" in out and "| decoder | 5 | 12,944,451 |" in out
+    code, out = run("inspect", "vgg19-x0.25", "--size", "256", "256")
+    assert code == 0 and "| encoder | 5 | 810,140 |" in out and "| decoder | 5 | 810,003 |" in out
+
+
+def test_convert_inspect_eval_on_release(cd16x_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "cd16x"
+    code, out = run("convert", "--from", "cd-release", cd16x_dir, "--out", out_dir)
+    assert code == 0, out
+    code, out = run("inspect", out_dir, "--json", tmp_path / "cost.json")
+    assert code == 0, out
+    assert "| encoder | 5 | 810,140 |" in out and "| decoder | 5 | 810,003 |" in out and "964,188" in out
+    rows = json.loads((tmp_path / "cost.json").read_text())["parts"]
+    enc5 = next(r for r in rows if r["part"] == "encoder" and r["level"] == 5)
+    assert enc5["bytes"] == (out_dir / "encoder5.safetensors").stat().st_size and enc5["macs"] > 0
+    code, out = run("eval", "recon", out_dir, "--level", "3", images_dir / "content/in2.jpg", "--json", tmp_path / "r.json")
+    assert code == 0 and "34.15" in out, out
+    assert json.loads((tmp_path / "r.json").read_text())[0]["ssim"] > 0.9
+    code, out = run("convert", "--from", "cd-release", cd16x_dir, "--out", out_dir)
+    assert_one_line_error(code, out, "already exists")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(*run("inspect", tmp_path / "nope"), "no such model directory")
+    assert_one_line_error(*run("convert", "--from", "cd-release", tmp_path, "--out", tmp_path / "o"), "missing release file")
+    assert_one_line_error(*run("convert", "--from", "torchvision", tmp_path / "x.pth", "--out", tmp_path / "o"), "no such file")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert_one_line_error(*run("eval", "recon", "vgg19-x0.25", "--level", "2", bad), "cannot decode image")
+    assert_one_line_error(*run("convert", "--from", "cd-release", tmp_path, "--out", tmp_path / "o", "--levels", "7"),
+                          "--levels")
+
+
+@pytest.mark.parametrize("payload", ["code", "truncated"])
+def test_cli_refuses_bad_checkpoints(tmp_path: Path, payload: str) -> None:
+    marker = tmp_path / "ran"
+    src = tmp_path / "vgg19.pth"
+    if payload == "code":
+        class Evil:
+            def __reduce__(self):
+                return (Path.touch, (marker,))
+        torch.save({"features.0.weight": Evil()}, src)
+    else:
+        torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, src)
+        src.write_bytes(src.read_bytes()[:300])
+    code, out = run("convert", "--from", "torchvision", src, "--out", tmp_path / "o")
+    assert_one_line_error(code, out, "refused" if payload == "code" else "truncated")
+    assert not marker.exists() and not (tmp_path / "o").exists()
