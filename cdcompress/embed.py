@@ -8,7 +8,8 @@ release (whose ``conv*_aux`` layers are exactly these branches) round-trips.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,3 +48,116 @@ def _io_channels(branch: nn.Module) -> tuple[int, int]:
         return branch.in_features, branch.out_features
     assert isinstance(branch, nn.Conv2d)
     return branch.in_channels, branch.out_channels
+
+
+# --------------------------------------------------------------------------- feature taps
+
+#: Module types treated as activations when choosing taps automatically.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish, nn.PReLU)
+OUTPUT = "output"
+
+
+class FeatureTaps:
+    """Records the outputs of named submodules through forward hooks (no class is edited).
+
+    A module called several times in one forward (a shared ReLU) records its last call. Use as a
+    context manager so the hooks never outlive the computation that needs them.
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.model = model
+        self.names = list(names)
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> FeatureTaps:
+        modules = dict(self.model.named_modules())
+        for name in self.names:
+            if name not in modules:
+                raise KeyError(f"no submodule named {name!r} to tap; see model.named_modules()")
+            self._handles.append(modules[name].register_forward_hook(self._recorder(name)))
+        return self
+
+    def _recorder(self, name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            self.features[name] = output
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def auto_taps(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The last activation module before each spatial downsampling, in forward order."""
+    calls: list[tuple[str, bool, bool]] = []  # (name, is_activation, downsamples)
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
+            shrinks = (
+                bool(inputs)
+                and isinstance(inputs[0], torch.Tensor)
+                and isinstance(output, torch.Tensor)
+                and inputs[0].dim() == 4
+                and output.dim() == 4
+                and output.shape[-1] < inputs[0].shape[-1]
+            )
+            calls.append((name, isinstance(mod, ACTIVATIONS), shrinks))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    taps: list[str] = []
+    last_activation = None
+    for name, is_activation, shrinks in calls:
+        if is_activation:
+            last_activation = name
+        if shrinks and last_activation is not None and last_activation not in taps:
+            taps.append(last_activation)
+    return taps
+
+
+# --------------------------------------------------------------------------- encoder outputs
+
+
+def flatten_outputs(outputs: Any) -> dict[str, torch.Tensor]:
+    """Name every tensor an encoder returns: ``output``, ``output_0``.., or ``output_<key>``."""
+    if isinstance(outputs, torch.Tensor):
+        return {OUTPUT: outputs}
+    if isinstance(outputs, (tuple, list)):
+        return {f"{OUTPUT}_{i}": t for i, t in enumerate(outputs)}
+    if isinstance(outputs, Mapping):
+        return {f"{OUTPUT}_{k}": t for k, t in outputs.items()}
+    raise TypeError(f"encoder outputs must be a tensor, tuple/list or dict of tensors, got {type(outputs).__name__}")
+
+
+def rebuild_outputs(template: Any, named: Mapping[str, torch.Tensor]) -> Any:
+    """Put named tensors back into the structure of ``template`` (inverse of :func:`flatten_outputs`)."""
+    if isinstance(template, torch.Tensor):
+        return named[OUTPUT]
+    if isinstance(template, (tuple, list)):
+        return type(template)(named[f"{OUTPUT}_{i}"] for i in range(len(template)))
+    return {k: named[f"{OUTPUT}_{k}"] for k in template}
+
+
+def branch_key(tap: str) -> str:
+    """ModuleDict keys cannot contain dots: ``layer1.0.relu`` -> ``layer1__0__relu``."""
+    return tap.replace(".", "__")
+
+
+def is_token_feature(feature: torch.Tensor) -> bool:
+    """[B, N, C] tokens get a Linear branch, NCHW maps a 1x1 conv."""
+    return feature.dim() == 3
+
+
+def channels_of(feature: torch.Tensor) -> int:
+    return int(feature.shape[-1] if is_token_feature(feature) else feature.shape[1])

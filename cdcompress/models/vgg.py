@@ -183,6 +183,10 @@ class VGGEncoder(_VGGBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
 
+    def sync_spec(self) -> None:
+        """Re-read the widths from the layers (after channel slimming changed them)."""
+        self.spec = VGGSpec(self.spec.level, tuple(getattr(self, n).out_channels for n in self.spec.convs), self.spec.padding)
+
     def features(self, x: torch.Tensor, taps: Iterable[str]) -> dict[str, torch.Tensor]:
         """Activations at the named taps (e.g. ``relu1_1``, ``relu3_1``) in one pass."""
         return self._run(x, taps, stop_after_taps=True)[1]
@@ -218,6 +222,16 @@ class VGGDecoder(_VGGBase):
                 up = f"up{name[4]}"
                 self.add_module(up, nn.Upsample(scale_factor=2, mode="nearest"))
                 self.plan.append(up)
+        self.reset_output_bias()
+
+    def reset_output_bias(self) -> None:
+        """Start the RGB output at mid-grey: behind the final ReLU a negative start can leave a
+        colour channel dead (zero gradient forever) in a freshly initialised decoder."""
+        nn.init.constant_(self.conv11.bias, 0.5)
+
+    def sync_spec(self) -> None:
+        """Re-read the widths from the layers (after channel slimming changed them)."""
+        self.spec = VGGSpec(self.spec.level, tuple(getattr(self, n).in_channels for n in self.spec.convs), self.spec.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]

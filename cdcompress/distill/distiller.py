@@ -1,0 +1,321 @@
+"""Stage 2, the collaborative distillation itself, and the ``apply`` entry point.
+
+``apply(teacher, collaborator)`` slims a copy of the teacher into the student, hooks embedding
+branches Q onto the chosen taps and every encoder output, and returns a :class:`Distiller` that
+trains student + branches with
+
+    L = L_collab(collaborator(Q·F'_out)) + beta * Σ_taps MSE(Q·F'_tap, F_tap)
+
+while teacher and collaborator stay frozen (and the caller's modules untouched: they are copied).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import CropSampler
+from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, channels_of, flatten_outputs, is_token_feature
+from ..errors import CDCompressError
+from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
+from ..slim import Slimmer, SlimResult, WidthSpec, slim_pair, vgg_mirror_widths
+from .stages import freeze, reinitialize, train_decoder
+from .trainer import TrainConfig, Trainer, TrainResult
+
+OBJECTIVES = ("reconstruction", "style-transfer", "feature-kd")
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective sees: the batch, the student's embedded outputs (in the encoder's output
+    structure, ready for the collaborator), the frozen collaborator and teacher features."""
+
+    images: torch.Tensor
+    student_outputs: Any
+    teacher_features: dict[str, torch.Tensor]
+    collaborator: nn.Module
+    perceptual: FeatureExtractor
+
+
+Objective = Callable[[ObjectiveContext], dict[str, torch.Tensor]]
+
+
+def reconstruction_objective(lambda_p: float) -> Objective:
+    """The paper's WCT case: the collaborator must reconstruct the image from Q·F'."""
+
+    def objective(ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
+        output = ctx.collaborator(ctx.student_outputs)
+        targets = {t: ctx.teacher_features[t] for t in ctx.perceptual.taps}
+        return reconstruction_terms(output, ctx.images, ctx.perceptual, lambda_p, targets)
+
+    return objective
+
+
+def style_transfer_objective(lambda_s: float) -> Objective:
+    """AdaIN: batches are [content; style]; the collaborator decodes AdaIN(Q·F'_c, Q·F'_s) and is
+    judged by content (to the AdaIN target) and style (feature mean/std) losses on teacher features."""
+
+    def objective(ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
+        if not isinstance(ctx.student_outputs, torch.Tensor):
+            raise CDCompressError("the style-transfer objective needs an encoder with a single feature-map output")
+        half = ctx.images.shape[0] // 2
+        content, style = ctx.student_outputs[:half], ctx.student_outputs[half:]
+        target = adain(content, style)
+        output = ctx.collaborator(target)
+        out_features = ctx.perceptual(output)
+        style_features = {t: f[half:] for t, f in ctx.teacher_features.items() if t in ctx.perceptual.taps}
+        return style_transfer_terms(out_features, target, style_features, OUTPUT, lambda_s)
+
+    return objective
+
+
+class Distiller:
+    """Student encoder + embedding branches trained through a frozen collaborator (stage 2)."""
+
+    name = "distill"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        collaborator: nn.Module,
+        slimmed: SlimResult,
+        branches: EmbeddingBranches,
+        features: Sequence[str],
+        template: Any,
+        perceptual_taps: Sequence[str],
+        objective: Objective | None,
+        beta: float,
+    ) -> None:
+        self.teacher = freeze(teacher)
+        self.collaborator = freeze(collaborator)
+        self.student = slimmed.encoder
+        self.decoder_init = slimmed.decoder
+        self.slimmed = slimmed
+        self.branches = branches
+        self.features = list(features)  # taps and encoder outputs, each with its own branch
+        self.template = template  # the encoder's output structure, holding feature names
+        self.objective = objective
+        self.beta = beta
+        self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
+        self._student_features = FeatureExtractor(self.student, self.features)
+        self.perceptual = FeatureExtractor(self.teacher, list(perceptual_taps))
+
+    # ---------------------------------------------------------------- Task protocol
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "branches": self.branches}
+
+    def set_train(self, mode: bool) -> None:
+        self.student.train(mode)
+        self.branches.train(mode)
+
+    def embedded_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
+        """Q·F' at every tap/output, and the embedded outputs in the encoder's own structure."""
+        raw = self._student_features(images)
+        embedded = {name: self.branches[branch_key(name)](f) for name, f in raw.items()}
+        return embedded, _restructure(self.template, embedded)
+
+    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            teacher = self._teacher_features(batch)
+        embedded, outputs = self.embedded_features(batch)
+        terms: dict[str, torch.Tensor] = {}
+        per_tap = {f"embed/{name}": F.mse_loss(q, teacher[name]) for name, q in embedded.items()}
+        terms["embed"] = self.beta * sum(per_tap.values())
+        terms.update(per_tap)
+        if self.objective is not None:
+            ctx = ObjectiveContext(batch, outputs, teacher, self.collaborator, self.perceptual)
+            terms.update(self.objective(ctx))
+        terms["total"] = total(terms)
+        return terms
+
+    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        views = [batch, self.collaborator(self.teacher(batch))]
+        views.append(self.collaborator(self.embedded_features(batch)[1]))
+        return views
+
+    # ---------------------------------------------------------------- training API
+    def fit(
+        self,
+        sampler: CropSampler,
+        config: TrainConfig,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+    ) -> TrainResult:
+        """Stage 2: train student and branches (teacher and collaborator frozen)."""
+        device = torch.device(config.device)
+        for module in (self.teacher, self.collaborator, self.student, self.branches, self.decoder_init):
+            module.to(device)
+        return Trainer(self, sampler, config, run_dir).fit(resume=resume)
+
+    def train_decoder(
+        self,
+        sampler: CropSampler,
+        config: TrainConfig,
+        init: str = "pruned",
+        lambda_p: float = 1.0,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+    ) -> tuple[nn.Module, TrainResult]:
+        """Stage 3: a small decoder for the frozen student, from the slimmed collaborator or random."""
+        if init not in ("pruned", "random"):
+            raise CDCompressError(f"decoder init must be 'pruned' or 'random', got {init!r}")
+        decoder = copy.deepcopy(self.decoder_init)
+        if init == "random":
+            reinitialize(decoder)
+        for p in decoder.parameters():
+            p.requires_grad_(True)
+        reference = _Sequential(self.teacher, self.collaborator)
+        result = train_decoder("decoder", self.deployable(), decoder, sampler, config, self.teacher,
+                               self.perceptual.taps, lambda_p, run_dir, resume, reference)
+        return decoder, result
+
+    def deployable(self) -> nn.Module:
+        """The student encoder alone: no branches, no hooks, frozen copy."""
+        return freeze(copy.deepcopy(self.student))
+
+
+
+def _restructure(template: Any, embedded: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(template, str):
+        return embedded[template]
+    if isinstance(template, (tuple, list)):
+        return type(template)(embedded[name] for name in template)
+    return {key: embedded[name] for key, name in template.items()}
+
+
+class _Sequential(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.decoder(self.encoder(x))
+
+
+def _output_template(outputs: Any, sources: Mapping[str, str]) -> Any:
+    """The encoder's output structure with feature names in place of tensors."""
+    names = [sources[name] for name in flatten_outputs(outputs)]
+    if isinstance(outputs, torch.Tensor):
+        return names[0]
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(names)
+    return {key: name for key, name in zip(outputs, names, strict=True)}
+
+
+def _resolve_taps(teacher: nn.Module, taps: str | Sequence[str] | None, example: torch.Tensor) -> list[str]:
+    if taps is None:
+        return []
+    if taps == "auto":
+        return auto_taps(teacher, example)
+    if isinstance(taps, str):
+        taps = [taps]
+    modules = dict(teacher.named_modules())
+    unknown = [t for t in taps if t not in modules and not t.startswith(OUTPUT)]
+    if unknown:
+        raise CDCompressError(f"unknown tap(s) {unknown}; taps name submodules of the encoder (see named_modules())")
+    return [t for t in taps if not t.startswith(OUTPUT)]
+
+
+def _build_branches(
+    teacher: nn.Module, student: nn.Module, taps: list[str], example: torch.Tensor
+) -> tuple[EmbeddingBranches, list[str], Any]:
+    """One branch per tap and per encoder output; an output that IS a tap's tensor shares its branch.
+
+    Returns the branches, the feature names they serve (taps, then unshared outputs) and the
+    encoder's output structure expressed in those names.
+    """
+    with torch.no_grad():
+        t_out_raw, s_out_raw = teacher(example), student(example)
+        t_feats, s_feats = FeatureExtractor(teacher, taps)(example), FeatureExtractor(student, taps)(example)
+    t_outputs, s_outputs = flatten_outputs(t_out_raw), flatten_outputs(s_out_raw)
+    features = list(taps)
+    sources: dict[str, str] = {}
+    for name, feature in t_outputs.items():
+        shared = next((t for t in taps if t_feats[t].shape == feature.shape and torch.equal(t_feats[t], feature)), None)
+        sources[name] = shared or name
+        if shared is None:
+            features.append(name)
+            t_feats[name], s_feats[name] = feature, s_outputs[name]
+    widths = {branch_key(n): (channels_of(s_feats[n]), channels_of(t_feats[n])) for n in features}
+    tokens = {branch_key(n): is_token_feature(t_feats[n]) for n in features}
+    return EmbeddingBranches(widths, tokens), features, _output_template(t_out_raw, sources)
+
+
+def _is_vgg_pair(teacher: nn.Module, collaborator: nn.Module) -> bool:
+    from ..models.vgg import VGGDecoder, VGGEncoder
+
+    return isinstance(teacher, VGGEncoder) and isinstance(collaborator, VGGDecoder)
+
+
+def apply(
+    model: nn.Module,
+    collaborator: nn.Module,
+    *,
+    slim: WidthSpec | Slimmer = 0.5,
+    taps: str | Sequence[str] | None = "auto",
+    beta: float = 10.0,
+    objective: str | Objective | None = "reconstruction",
+    lambda_p: float = 1.0,
+    lambda_s: float = 10.0,
+    perceptual_taps: Sequence[str] | None = None,
+    importance: str = "l1",
+    init: str = "pruned",
+    keep: Sequence[str] = (),
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    seed: int = 0,
+) -> Distiller:
+    """Prepare collaborative distillation of encoder ``model`` against its decoder ``collaborator``.
+
+    ``slim``: width ratio, ``{layer: ratio | width}`` mapping, or a :class:`~cdcompress.slim.Slimmer`.
+    ``taps``: intermediate layers (submodule names) that get embedding branches, ``"auto"`` (the
+    last activation before each downsampling) or ``None`` (outputs only); every encoder output
+    always gets one. ``objective``: ``"reconstruction"``, ``"style-transfer"``, ``"feature-kd"``
+    (embedding loss only, the KD baseline) or a callable ``(ObjectiveContext) -> {term: loss}``.
+    ``init``: ``"pruned"`` (the teacher's strongest filters) or ``"random"``.
+    """
+    if init not in ("pruned", "random"):
+        raise CDCompressError(f"init must be 'pruned' or 'random', got {init!r}")
+    teacher = freeze(copy.deepcopy(model).cpu())
+    collab = freeze(copy.deepcopy(collaborator).cpu())
+    if example_inputs is None:
+        example_inputs = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed)),)
+    example = example_inputs[0]
+    tap_names = _resolve_taps(teacher, taps, example)
+    width = slim
+    if _is_vgg_pair(teacher, collab) and isinstance(slim, Mapping):
+        width = vgg_mirror_widths(slim, teacher.spec.convs)
+    calibrate = None
+    if importance == "taylor":
+        def calibrate(pair: nn.Module) -> torch.Tensor:
+            return F.mse_loss(pair(example), example)
+    slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, keep, seed, calibrate)
+    if init == "random":
+        reinitialize(slimmed.encoder)
+        reinitialize(slimmed.decoder)
+    for p in slimmed.encoder.parameters():
+        p.requires_grad_(True)
+    torch.manual_seed(seed)
+    branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example)
+    if perceptual_taps is None:
+        perceptual_taps = features
+    chosen = _objective(objective, lambda_p, lambda_s)
+    return Distiller(teacher, collab, slimmed, branches, features, template, perceptual_taps, chosen, beta)
+
+
+def _objective(objective: str | Objective | None, lambda_p: float, lambda_s: float) -> Objective | None:
+    if callable(objective):
+        return objective
+    if objective in (None, "feature-kd"):
+        return None
+    if objective == "reconstruction":
+        return reconstruction_objective(lambda_p)
+    if objective == "style-transfer":
+        return style_transfer_objective(lambda_s)
+    raise CDCompressError(f"unknown objective {objective!r}; choose one of {OBJECTIVES} or pass a callable")

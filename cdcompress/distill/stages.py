@@ -1,0 +1,100 @@
+"""Stage 1 (a collaborator decoder for a teacher) and stage 3 (a small decoder for the student).
+
+Both are decoder-training tasks against a frozen encoder with the reconstruction loss: pixel
+MSE + lambda_p * perceptual MSE on frozen-teacher features.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import CropSampler
+from ..losses import FeatureExtractor, reconstruction_terms, total
+from .trainer import TrainConfig, Trainer, TrainResult
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: a frozen network stays frozen whatever the trainer does."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def reinitialize(module: nn.Module) -> nn.Module:
+    """Fresh random weights in every layer that knows how to reset itself."""
+    for sub in module.modules():
+        if sub is not module and hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    hook = getattr(module, "reset_output_bias", None)
+    if callable(hook):
+        hook()
+    return module
+
+
+class DecoderTask:
+    """Train ``decoder`` so ``decoder(encoder(x))`` reconstructs ``x`` (encoder frozen)."""
+
+    def __init__(
+        self,
+        name: str,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        perceptual: FeatureExtractor | None,
+        lambda_p: float = 1.0,
+        reference: nn.Module | None = None,
+    ) -> None:
+        self.name = name
+        self.encoder = freeze(encoder)
+        self.decoder = decoder
+        self.perceptual = freeze(perceptual) if perceptual is not None else None
+        self.lambda_p = lambda_p
+        self.reference = reference  # optional teacher autoencoder shown in sample grids
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"decoder": self.decoder}
+
+    def set_train(self, mode: bool) -> None:
+        self.decoder.train(mode)
+
+    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            features = self.encoder(batch)
+        output = self.decoder(features)
+        terms = reconstruction_terms(output, batch, self.perceptual, self.lambda_p)
+        terms["total"] = total(terms)
+        return terms
+
+    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        views = [batch]
+        if self.reference is not None:
+            views.append(self.reference(batch))
+        views.append(self.decoder(self.encoder(batch)))
+        return views
+
+
+def train_decoder(
+    name: str,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    sampler: CropSampler,
+    config: TrainConfig,
+    perceptual_net: nn.Module | None = None,
+    perceptual_taps: Sequence[str] = (),
+    lambda_p: float = 1.0,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    reference: nn.Module | None = None,
+) -> TrainResult:
+    """Stage 1 (encoder = teacher) or stage 3 (encoder = student): fit ``decoder`` in place."""
+    device = torch.device(config.device)
+    perceptual = None
+    if perceptual_net is not None and perceptual_taps and lambda_p > 0:
+        perceptual = FeatureExtractor(freeze(copy.deepcopy(perceptual_net)).to(device), perceptual_taps)
+    task = DecoderTask(name, encoder.to(device), decoder.to(device), perceptual, lambda_p, reference)
+    return Trainer(task, sampler, config, run_dir).fit(resume=resume)

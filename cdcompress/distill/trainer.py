@@ -1,0 +1,297 @@
+"""One training loop for all three stages: optimiser, schedule, clipping, AMP, checkpoints, resume.
+
+A stage is a :class:`Task` (which modules train, how the loss terms are computed, what a sample
+grid shows). The trainer owns everything else. Resume is exact: a checkpoint holds the trainable
+weights, optimiser and scheduler state and the RNG states, and batches are a pure function of the
+step (see :mod:`cdcompress.data`), so an interrupted run continues to bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import CropSampler, batches
+from ..errors import CDCompressError
+from ..images import save_image
+from ..losses import detach_terms
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+class TrainingError(CDCompressError):
+    """Training cannot continue (diverged loss, unusable checkpoint)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one stage (paper: Adam, lr 1e-4, batch 16)."""
+
+    steps: int
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    step_size: int = 0
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    amp: str = "off"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 0
+    sample_count: int = 4
+    workers: int = 0
+    device: str = "cpu"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CDCompressError(f"training config: {message}")
+
+
+class Task(Protocol):
+    """What a stage trains and how it is judged."""
+
+    name: str
+
+    def trainable_modules(self) -> dict[str, nn.Module]: ...
+
+    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def set_train(self, mode: bool) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    steps: int
+    seconds: float
+    history: list[dict]
+    resumed_from: int = 0
+
+
+def _lr_lambda(config: TrainConfig):
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "cosine":
+            span = max(1, config.steps - config.warmup_steps)
+            progress = min(1.0, (step - config.warmup_steps) / span)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if config.schedule == "step" and config.step_size:
+            return config.gamma ** (step // config.step_size)
+        return 1.0
+
+    return factor
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, _, gauss = random.getstate()
+    random.setstate((version, tuple(int(x) for x in state["python"]), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs a :class:`Task` for ``config.steps`` steps over a :class:`CropSampler`."""
+
+    def __init__(self, task: Task, sampler: CropSampler, config: TrainConfig, run_dir: str | Path | None = None) -> None:
+        self.task, self.sampler, self.config = task, sampler, config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = torch.device(config.device)
+        self.modules = task.trainable_modules()
+        params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(f"stage {task.name}: nothing to train (no parameters require gradients)")
+        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def _checkpoints(self) -> list[Path]:
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(self.checkpoint_dir.glob(f"{self.task.name}_step*.pt"))
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        state = {
+            "stage": self.task.name,
+            "step": step,
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+        }
+        path = self.checkpoint_dir / f"{self.task.name}_step{step:07d}.pt"
+        atomic_torch_save(state, path)
+        for old in self._checkpoints()[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest_checkpoint(self) -> int:
+        """Restore the newest readable checkpoint of this stage; returns its step (0 if none)."""
+        for path in reversed(self._checkpoints()):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                for name, module in self.modules.items():
+                    module.load_state_dict(state["modules"][name])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"])
+            except Exception as exc:  # corrupt/truncated: fall back to the previous good one
+                log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, str(exc).splitlines()[0])
+                continue
+            return int(state["step"])
+        return 0
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        start = self.load_latest_checkpoint() if resume else 0
+        self._trim_metrics(start)
+        history: list[dict] = []
+        began = time.perf_counter()
+        self.task.set_train(True)
+        bar = tqdm(total=self.config.steps, initial=start, desc=f"stage {self.task.name}", unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        last_good = start
+        for step, batch in enumerate(batches(self.sampler, start, self.config.steps, self.config.workers), start=start):
+            terms = self._step(batch.to(self.device), step)
+            done = step + 1
+            bar.update(1)
+            if done % self.config.log_every == 0 or done == self.config.steps:
+                record = {"stage": self.task.name, "step": done, "lr": self.scheduler.get_last_lr()[0],
+                          "time": round(time.perf_counter() - began, 3), **terms}
+                history.append(record)
+                self._append_metrics(record)
+                bar.set_postfix(loss=f"{terms['total']:.4g}")
+            if self.config.sample_every and done % self.config.sample_every == 0:
+                self.write_samples(batch, done)
+            if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
+                self.save_checkpoint(done)
+                last_good = done
+        bar.close()
+        if last_good != self.config.steps:
+            self.save_checkpoint(self.config.steps)
+        self.task.set_train(False)
+        return TrainResult(self.task.name, self.config.steps, time.perf_counter() - began, history, start)
+
+    def _step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+        if self.config.channels_last and self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        amp = self.config.amp != "off" and self.device.type == "cuda"
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=amp):
+            terms = self.task.losses(batch)
+        loss = terms["total"]
+        if not torch.isfinite(loss):
+            good = self._checkpoints()
+            where = f"; the last good checkpoint is {good[-1]}" if good else ""
+            raise TrainingError(
+                f"stage {self.task.name}: loss became {float(loss)} at step {step + 1}; lower the learning rate "
+                f"or loss weights{where}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params: Iterable[torch.Tensor] = (p for g in self.optimizer.param_groups for p in g["params"])
+            torch.nn.utils.clip_grad_norm_(list(params), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return detach_terms(terms)
+
+    # ------------------------------------------------------------------ outputs
+    def write_samples(self, batch: torch.Tensor, step: int) -> Path | None:
+        """A PNG grid: one row per sample image, one column per view the task shows."""
+        if self.run_dir is None:
+            return None
+        self.task.set_train(False)
+        with torch.no_grad():
+            columns = self.task.samples(batch[: self.config.sample_count].to(self.device))
+        self.task.set_train(True)
+        rows = torch.cat([torch.cat([c[i : i + 1].float().cpu().clamp(0, 1) for c in columns], dim=-1)
+                          for i in range(columns[0].shape[0])], dim=-2)
+        return save_image(rows, self.run_dir / "samples" / f"{self.task.name}_step{step:07d}.png")
+
+    def _append_metrics(self, record: dict) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self, start: int) -> None:
+        """Drop this stage's records past the resume point (the interrupted run's tail)."""
+        if self.run_dir is None or not (self.run_dir / "metrics.jsonl").is_file():
+            return
+        path = self.run_dir / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and not _is_later(json.loads(line), self.task.name, start)]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _is_later(record: dict, stage: str, step: int) -> bool:
+    return record.get("stage") == stage and int(record.get("step", 0)) > step
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)
