@@ -1,0 +1,186 @@
+"""cdcompress.apply on structurally different encoder-decoder pairs, trained for real on CPU."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from zoo import ResNetDecoder, ResNetEncoder, TokenDecoder, TokenEncoder, UNetDecoder, UNetEncoder
+
+from cdcompress.data import CropSampler, skimage_photos
+from cdcompress.distill import TrainConfig, apply
+from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
+from cdcompress.slim import SlimmingError, slim_pair
+
+
+def checksum(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return skimage_photos(tmp_path_factory.mktemp("photos"))
+
+
+def vgg_pair() -> tuple[nn.Module, nn.Module]:
+    spec = VGGSpec.vgg19(3).scaled(0.25)
+    return VGGEncoder(spec), VGGDecoder(spec)
+
+
+PAIRS = {
+    "vgg": (vgg_pair, {"taps": ["relu1_1", "relu2_1", "relu3_1"]}),
+    "resnet-bn": (lambda: (ResNetEncoder(), ResNetDecoder()), {"taps": "auto"}),
+    "unet-skips": (lambda: (UNetEncoder(), UNetDecoder()), {"taps": "auto"}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_apply_trains_a_slim_student_that_drives_the_frozen_collaborator(kind: str, photos: list[Path]) -> None:
+    torch.manual_seed(0)
+    build, options = PAIRS[kind]
+    teacher, collaborator = build()
+    before = (checksum(teacher), checksum(collaborator))
+    distiller = apply(teacher, collaborator, slim=0.5, beta=1.0, lambda_p=0.1, **options)
+
+    # Slimmed as asked: half the channels is about a quarter of the conv parameters.
+    full, slim = count_parameters(teacher), count_parameters(distiller.student)
+    assert slim < 0.35 * full, (full, slim)
+
+    sampler = CropSampler(photos, batch_size=4, resize=64, crop=32, seed=1)
+    result = distiller.fit(sampler, TrainConfig(steps=40, lr=2e-3, log_every=1))
+    losses = [h["total"] for h in result.history]
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8, losses
+
+    assert (checksum(teacher), checksum(collaborator)) == before, "teacher or collaborator changed"
+    assert all(not p.requires_grad for p in distiller.collaborator.parameters())
+
+    student = distiller.deployable()
+    assert count_parameters(student) == count_parameters(distiller.student)
+    assert not any(isinstance(m, type(distiller.branches)) for m in student.modules())
+    assert all(not m._forward_hooks for m in student.modules()), "hooks leaked into the deployable student"
+
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        teacher_out = distiller.teacher(x)
+        _, embedded = distiller.embedded_features(x)
+        decoded = distiller.collaborator(embedded)
+    teacher_shapes = [t.shape for t in (teacher_out.values() if isinstance(teacher_out, dict) else [teacher_out])]
+    embedded_shapes = [t.shape for t in (embedded.values() if isinstance(embedded, dict) else [embedded])]
+    assert embedded_shapes == teacher_shapes and decoded.shape == x.shape
+    raw = student(x)
+    raw_widths = [t.shape[1] for t in (raw.values() if isinstance(raw, dict) else [raw])]
+    assert all(s < t[1] for s, t in zip(raw_widths, teacher_shapes, strict=True)), "output width was not slimmed"
+
+
+def test_token_encoder_gets_linear_branches() -> None:
+    teacher, collaborator = TokenEncoder(), TokenDecoder()
+    distiller = apply(teacher, collaborator, slim=0.5, taps=None, keep=["decoder.fc"],
+                      example_inputs=(torch.rand(1, 3, 32, 32),))
+    branch = distiller.branches["output"]
+    assert isinstance(branch, nn.Linear) and (branch.in_features, branch.out_features) == (16, 32)
+    terms = distiller.losses(torch.rand(2, 3, 32, 32))
+    assert torch.isfinite(terms["total"]) and set(terms) >= {"embed", "pixel", "total"}
+
+
+def test_vgg_slimming_uses_per_filter_l1_and_mirrors_widths() -> None:
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    distiller = apply(teacher, collaborator, slim={"conv11": 12, "*": 0.5}, taps=None)
+    assert distiller.student.spec.widths == (12, 8, 16, 16, 32)
+    assert distiller.decoder_init.spec.widths == (12, 8, 16, 16, 32)  # decoder conv12 outputs conv11's width
+    l1 = teacher.conv11.weight.abs().flatten(1).sum(1)
+    kept = sorted(torch.topk(l1, 12).indices.tolist())
+    torch.testing.assert_close(distiller.student.conv11.weight, teacher.conv11.weight[kept])
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "random", "taylor"])
+def test_importance_criteria(importance: str) -> None:
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    distiller = apply(teacher, collaborator, slim=0.5, importance=importance, taps=None)
+    assert distiller.student.spec.widths == (8, 8, 16, 16, 32)
+    assert count_parameters(distiller.student) < count_parameters(teacher)
+
+
+def test_random_init_differs_from_pruned_init() -> None:
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    pruned = apply(teacher, collaborator, slim=0.5, taps=None, init="pruned").student
+    fresh = apply(teacher, collaborator, slim=0.5, taps=None, init="random").student
+    assert pruned.spec == fresh.spec
+    assert not torch.equal(pruned.conv11.weight, fresh.conv11.weight)
+
+
+def test_slimming_that_removes_nothing_fails_loudly() -> None:
+    teacher, collaborator = vgg_pair()
+    with pytest.raises(SlimmingError, match="removed nothing"):
+        slim_pair(teacher, collaborator, (torch.rand(1, 3, 32, 32),), width=1.0)
+    with pytest.raises(SlimmingError, match="tuple"):
+        slim_pair(teacher, collaborator, torch.rand(1, 3, 32, 32), width=0.5)  # type: ignore[arg-type]
+    with pytest.raises(SlimmingError, match="ratio"):
+        slim_pair(teacher, collaborator, (torch.rand(1, 3, 32, 32),), width=1.5)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _CrashingSampler(CropSampler):
+    crash_at: int = -1
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        if step == self.crash_at:
+            raise _Interrupted(step)
+        return super().__getitem__(step)
+
+
+def _fresh_distiller() -> object:
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    return apply(teacher, collaborator, slim=0.5, taps=["relu1_1", "relu2_1"], beta=1.0, lambda_p=0.1, seed=3)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(photos: list[Path], tmp_path: Path) -> None:
+    config = TrainConfig(steps=12, lr=1e-3, schedule="cosine", checkpoint_every=4, log_every=2)
+
+    straight = _fresh_distiller()
+    straight.fit(CropSampler(photos, batch_size=2, resize=48, crop=32, seed=5), config, tmp_path / "a")
+
+    interrupted = _fresh_distiller()
+    sampler = _CrashingSampler(photos, batch_size=2, resize=48, crop=32, seed=5)
+    sampler.crash_at = 9
+    with pytest.raises(_Interrupted):
+        interrupted.fit(sampler, config, tmp_path / "b")
+    resumed = _fresh_distiller()
+    result = resumed.fit(CropSampler(photos, batch_size=2, resize=48, crop=32, seed=5), config, tmp_path / "b", resume=True)
+
+    assert result.resumed_from == 8
+    for name in ("student", "branches"):
+        ours = resumed.trainable_modules()[name].state_dict()
+        theirs = straight.trainable_modules()[name].state_dict()
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), f"{name}.{key} differs after resume"
+    steps = [line for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 6, "metrics of the interrupted tail were not trimmed"
+
+
+def test_stage3_decoder_and_sample_grid(photos: list[Path], tmp_path: Path) -> None:
+    distiller = _fresh_distiller()
+    sampler = CropSampler(photos, batch_size=2, resize=48, crop=32, seed=5)
+    decoder, result = distiller.train_decoder(sampler, TrainConfig(steps=20, lr=2e-3, log_every=1, sample_every=10),
+                                              run_dir=tmp_path)
+    assert decoder.spec.widths == distiller.student.spec.widths
+    losses = [h["total"] for h in result.history]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    grid = tmp_path / "samples" / "decoder_step0000020.png"
+    assert grid.is_file()
+    from PIL import Image
+
+    assert Image.open(grid).size == (3 * 32, 2 * 32)  # input | teacher path | student path, 2 rows
