@@ -162,6 +162,7 @@ class Distiller:
         lambda_p: float = 1.0,
         run_dir: str | Path | None = None,
         resume: bool = False,
+        name: str = "decoder",
     ) -> tuple[nn.Module, TrainResult]:
         """Stage 3: a small decoder for the frozen student, from the slimmed collaborator or random."""
         if init not in ("pruned", "random"):
@@ -172,7 +173,7 @@ class Distiller:
         for p in decoder.parameters():
             p.requires_grad_(True)
         reference = _Sequential(self.teacher, self.collaborator)
-        result = train_decoder("decoder", self.deployable(), decoder, sampler, config, self.teacher,
+        result = train_decoder(name, self.deployable(), decoder, sampler, config, self.teacher,
                                self.perceptual.taps, lambda_p, run_dir, resume, reference)
         return decoder, result
 

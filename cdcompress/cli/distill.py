@@ -1,0 +1,67 @@
+"""``cdcompress distill``, ``cdcompress recipes`` and ``cdcompress weights``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..recipe import bundled_recipes, check_paths, load_recipe, to_yaml
+from ..weights import KNOWN_WEIGHTS, download
+from .main import main
+
+
+@main.command()
+@click.option("--recipe", "recipe_ref", required=True, help="Bundled recipe name or path to a YAML recipe.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages.distill.lr=1e-3.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default: output.dir).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoints.")
+def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool) -> None:
+    """Run the three stages of Collaborative Distillation described by a recipe."""
+    from ..distill.run import run_recipe
+
+    recipe = load_recipe(recipe_ref, list(overrides))
+    check_paths(recipe, recipe_ref)
+    result = run_recipe(recipe, out, resume)
+    click.echo(f"wrote {result.run_dir} (student/, report.md, loss.png, comparison.png)")
+    for level, entry in result.report["levels"].items():
+        psnr = f", student PSNR {entry['student_psnr']:.2f} dB (teacher {entry['teacher_psnr']:.2f})" \
+            if "student_psnr" in entry else ""
+        click.echo(f"level {level}: {entry['teacher_encoder_params']:,} -> {entry['student_encoder_params']:,} params "
+                   f"({entry['compression']:.1f}x){psnr}")
+    for note in result.report["notes"]:
+        click.echo(f"note: {note}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def recipes(ctx: click.Context) -> None:
+    """List the bundled recipes (or `recipes show NAME`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for name, path in bundled_recipes().items():
+        recipe = load_recipe(path)
+        click.echo(f"{name:<16} {recipe.description.splitlines()[0] if recipe.description else ''}")
+
+
+@recipes.command("show")
+@click.argument("name")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key before printing.")
+def show(name: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved recipe NAME (extends merged, overrides applied, defaults filled)."""
+    click.echo(to_yaml(load_recipe(name, list(overrides))), nl=False)
+
+
+@main.group()
+def weights() -> None:
+    """Published weights for users with a network."""
+
+
+@weights.command("download")
+@click.argument("name", type=click.Choice(sorted(KNOWN_WEIGHTS)))
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path), help="Folder (default: torch hub cache).")
+@click.option("--url", help="Download from this mirror instead of the official address.")
+def download_cmd(name: str, dest: Path | None, url: str | None) -> None:
+    """Download NAME and verify its published SHA-256."""
+    path = download(name, dest, url)
+    click.echo(f"wrote {path} ({KNOWN_WEIGHTS[name].description})")

@@ -1,0 +1,170 @@
+"""What a finished run shows people: report.md/json, loss curves and a comparison image."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ..images import save_image
+from ..metrics import psnr, ssim
+from ..models.format import CDModel
+
+if TYPE_CHECKING:
+    from .distiller import Distiller
+    from .run import RecipeRun, Teacher
+
+
+@torch.no_grad()
+def feature_errors(distiller: Distiller, image: torch.Tensor) -> dict[str, float]:
+    """Relative error ||Q·F' - F||² / ||F||² per tap: how well the student (through its branches)
+    reproduces the teacher's features."""
+    teacher = distiller._teacher_features(image)
+    embedded, _ = distiller.embedded_features(image)
+    return {tap: float(F.mse_loss(q, teacher[tap]) / teacher[tap].pow(2).mean().clamp_min(1e-12))
+            for tap, q in embedded.items()}
+
+
+@torch.no_grad()
+def evaluate_level(level: int, teacher: Teacher, collaborator: torch.nn.Module, distiller: Distiller,
+                   student: CDModel, images: list[tuple[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
+    rows = defaultdict(list)
+    for _, image in images:
+        x = image.to(device)
+        teacher_out = collaborator(teacher.encoder(x)).clamp(0, 1)
+        student_out = student.decoder(level)(student.encoder(level)(x)).clamp(0, 1)
+        collab_out = distiller.collaborator(distiller.embedded_features(x)[1]).clamp(0, 1)
+        rows["teacher_psnr"].append(psnr(teacher_out, x))
+        rows["student_psnr"].append(psnr(student_out, x))
+        rows["student_ssim"].append(ssim(student_out, x))
+        rows["through_collaborator_psnr"].append(psnr(collab_out, x))
+        for tap, err in feature_errors(distiller, x).items():
+            rows[f"feature_error/{tap}"].append(err)
+    return {k: sum(v) / len(v) for k, v in rows.items()}
+
+
+def plot_losses(metrics_path: Path, out: Path) -> Path | None:
+    """One panel per stage, one curve per top-level loss term (log scale)."""
+    if not metrics_path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if key not in ("stage", "step", "lr", "time") and "/" not in key:
+                series[record["stage"]][key].append((record["step"], value))
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
+    for ax, (stage, terms) in zip(axes[0], series.items(), strict=True):
+        for term, points in terms.items():
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=term, linewidth=1.2)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher: Teacher,
+                     collaborator: torch.nn.Module, student: CDModel, out: Path, device: torch.device) -> Path | None:
+    """Rows of input | teacher reconstruction | student reconstruction at ``level``."""
+    rows = []
+    for _, image in images[:3]:
+        x = F.interpolate(image, scale_factor=256 / min(image.shape[-2:]), mode="area") if min(image.shape[-2:]) > 256 else image
+        x = x[..., : x.shape[-2] // 16 * 16, : x.shape[-1] // 16 * 16].to(device)
+        t = collaborator(teacher.encoder(x)).clamp(0, 1)
+        s = student.decoder(level)(student.encoder(level)(x)).clamp(0, 1)
+        rows.append(torch.cat([x, t, s], dim=-1).cpu())
+    if not rows:
+        return None
+    width = min(r.shape[-1] for r in rows)
+    return save_image(torch.cat([r[..., :width] for r in rows], dim=-2), out)
+
+
+def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],
+                  distillers: dict[int, Distiller]) -> dict[str, Any]:
+    from .run import encoder_decoder_cost, eval_images
+
+    recipe, run_dir = run.recipe, run.run_dir
+    device = torch.device(recipe.device)
+    images = eval_images(recipe, run_dir)
+    size = recipe.data.eval_size
+    levels: dict[str, Any] = {}
+    for level, (teacher, collaborator) in teachers.items():
+        t_params, t_macs = encoder_decoder_cost(teacher.encoder, collaborator, size)
+        s_params, s_macs = encoder_decoder_cost(student.encoder(level), student.decoder(level), size)
+        entry: dict[str, Any] = {
+            "teacher": teacher.note,
+            "teacher_encoder_params": t_params,
+            "student_encoder_params": s_params,
+            "compression": round(t_params / s_params, 2),
+            "teacher_gmacs": round(t_macs / 1e9, 3),
+            "student_gmacs": round(s_macs / 1e9, 3),
+            "student_widths": list(getattr(student.encoder(level), "spec", None).widths)
+            if hasattr(student.encoder(level), "spec") else None,
+        }
+        if images:
+            entry.update(evaluate_level(level, teacher, collaborator, distillers[level], student, images, device))
+        levels[str(level)] = entry
+    deepest = max(teachers)
+    comparison = comparison_image(images, deepest, *teachers[deepest], student, run_dir / "comparison.png", device)
+    loss_png = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    report = {
+        "recipe": recipe.name,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {recipe.device}",
+        "eval_images": [name for name, _ in images],
+        "eval_size": size,
+        "levels": levels,
+        "stage_seconds": run.stage_seconds,
+        "notes": run.notes,
+        "files": {"comparison": comparison.name if comparison else None, "loss": loss_png.name if loss_png else None},
+    }
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Run report: {report['recipe']}", "", f"{report['date']} · {report['machine']}", ""]
+    for level, entry in report["levels"].items():
+        lines.append(f"- level {level} teacher: {entry['teacher']}")
+    lines += ["", f"## Size and cost (encoder + decoder MACs at {report['eval_size']}²)", "",
+              "| level | teacher encoder params | student encoder params | compression | teacher GMACs | student GMACs |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for level, e in report["levels"].items():
+        lines.append(f"| {level} | {e['teacher_encoder_params']:,} | {e['student_encoder_params']:,} | "
+                     f"{e['compression']:.2f}x | {e['teacher_gmacs']:.2f} | {e['student_gmacs']:.2f} |")
+    if report["eval_images"]:
+        lines += ["", f"## Reconstruction on held-out images ({', '.join(report['eval_images'])})", "",
+                  "| level | teacher PSNR | student PSNR | student SSIM | via collaborator PSNR | feature error per tap |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for level, e in report["levels"].items():
+            taps = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in e.items() if k.startswith("feature_error/"))
+            lines.append(f"| {level} | {e['teacher_psnr']:.2f} | {e['student_psnr']:.2f} | {e['student_ssim']:.4f} | "
+                         f"{e['through_collaborator_psnr']:.2f} | {taps} |")
+    lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in report["stage_seconds"].items()]
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    files = [f"![{k}]({v})" for k, v in report["files"].items() if v]
+    if files:
+        lines += ["", *files]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,314 @@
+"""Run a validated recipe end to end: per level, stage 1 (if needed), 2 and 3, then report.
+
+The run directory holds ``config.yaml`` (the resolved recipe), ``checkpoints/``,
+``metrics.jsonl``, ``samples/*.png``, ``loss.png``, ``comparison.png``, ``student/`` (native model
+format), ``report.md`` and ``report.json``. ``resume=True`` continues every stage from its last
+checkpoint; finished stages are restored instantly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cost import count_macs
+from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
+from ..embed import EmbeddingBranches
+from ..errors import CDCompressError
+from ..images import crop_to_multiple, load_image
+from ..models.converters import convert_cd_release, convert_torchvision, teacher_architecture
+from ..models.format import CDModel, load, save
+from ..models.registry import resolve_model
+from ..models.vgg import VGGDecoder, VGGEncoder, level_taps
+from ..recipe import Recipe, StageSpec, to_yaml
+from ..slim import count_parameters
+from .distiller import Distiller, apply
+from .stages import freeze, train_decoder
+from .trainer import TrainConfig
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
+
+
+@dataclass
+class Teacher:
+    encoder: nn.Module
+    decoder: nn.Module | None
+    note: str
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict[str, Any]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def torchvision_cache_file() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_VGG19
+
+
+def load_teacher(recipe: Recipe, level: int) -> Teacher:
+    spec = recipe.teacher
+    if spec.source == "model":
+        model = load(spec.path)
+        return Teacher(model.encoder(level), model.decoders.get(level), f"model directory {spec.path}")
+    if spec.source == "cd-release":
+        model = convert_cd_release(spec.path, spec.variant, (level,))
+        return Teacher(model.encoders[level], model.decoders[level], f"released {spec.variant} checkpoints in {spec.path}")
+    if spec.source == "torchvision":
+        return Teacher(convert_torchvision(spec.path).encoder(level), None, f"torchvision VGG-19 weights {spec.path}")
+    if spec.source == "builtin":
+        return _builtin_teacher(spec.path, spec.pretrained, level)
+    return _imported_teacher(spec.path, spec.kwargs, level)
+
+
+def _builtin_teacher(name: str, pretrained: str, level: int) -> Teacher:
+    cached = torchvision_cache_file()
+    if name == "vgg19" and pretrained == "auto" and cached.is_file():
+        return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
+    model, _ = resolve_model(name)
+    if name == "vgg19":
+        model = teacher_architecture(levels=(level,))
+    note = (f"RANDOMLY INITIALISED {name} (no ImageNet weights: run `cdcompress weights download vgg19` "
+            "for a meaningful teacher)")
+    return Teacher(model.encoder(level), None, note)
+
+
+def _imported_teacher(target: str, kwargs: dict[str, Any], level: int) -> Teacher:
+    module_name, _, attr = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CDCompressError(f"teacher import {target!r} failed ({exc}); check package.module:callable") from None
+    params = inspect.signature(factory).parameters
+    built = factory(**({"level": level} if "level" in params else {}), **kwargs)
+    encoder, decoder = built if isinstance(built, tuple) else (built, None)
+    return Teacher(encoder, decoder, f"imported from {target}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class PairedSampler:
+    """[content; style] batches for the style-transfer objective (both deterministic per step)."""
+
+    def __init__(self, content: CropSampler, style: CropSampler) -> None:
+        self.content, self.style = content, style
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return torch.cat([self.content[step], self.style[step]])
+
+
+def data_paths(entries: list[str], scratch: Path) -> list[Path]:
+    paths: list[Path] = []
+    for entry in entries:
+        if entry in ("skimage", "skimage-heldout"):
+            photos = skimage_photos(scratch / "skimage_photos")
+            # The last two photos are held out for evaluation; "skimage" trains on the rest.
+            paths += photos[-2:] if entry == "skimage-heldout" else photos[:-2]
+        elif Path(entry).is_file():
+            paths.append(Path(entry))
+        else:
+            paths += image_paths(entry)
+    return paths
+
+
+def stage_config(recipe: Recipe, stage: StageSpec, n_images: int) -> TrainConfig:
+    steps = stage.steps or max(1, math.ceil(stage.epochs * n_images / stage.batch))
+    out = recipe.output
+    return TrainConfig(
+        steps=steps, lr=stage.lr, optimizer=stage.optimizer, weight_decay=stage.weight_decay,
+        schedule=stage.schedule, warmup_steps=stage.warmup_steps, grad_clip=stage.grad_clip, amp=stage.amp,
+        channels_last=stage.channels_last, checkpoint_every=out.checkpoint_every, log_every=out.log_every,
+        sample_every=out.sample_every, workers=recipe.data.workers, device=recipe.device,
+    )
+
+
+def _sampler(recipe: Recipe, paths: list[Path], batch: int, offset: int) -> CropSampler:
+    d = recipe.data
+    return CropSampler(paths, batch_size=batch, resize=d.resize, crop=d.crop, seed=recipe.seed * 1000 + offset)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class RecipeRun:
+    """Executes one recipe into one run directory."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
+        self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
+        self.train_paths = data_paths(recipe.data.train, run_dir)
+        self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
+        self.stage_seconds: dict[str, float] = {}
+        self.notes: list[str] = []
+
+    def _timed(self, name: str, started: float) -> None:
+        self.stage_seconds[name] = round(time.perf_counter() - started, 2)
+
+    def collaborator(self, level: int, teacher: Teacher) -> nn.Module:
+        recipe = self.recipe
+        if recipe.collaborator.source == "teacher":
+            if teacher.decoder is None:
+                raise CDCompressError(
+                    f"recipe {recipe.name}: the teacher has no decoder for level {level}; "
+                    "set collaborator.source: train (stage 1) or use a teacher model with decoders"
+                )
+            return teacher.decoder
+        stage = recipe.stages.collaborator
+        if not stage.enabled:
+            raise CDCompressError(f"recipe {recipe.name}: collaborator.source is train but stages.collaborator is disabled")
+        decoder = teacher.decoder if teacher.decoder is not None else _fresh_decoder(teacher.encoder, level)
+        config = stage_config(recipe, stage, len(self.train_paths))
+        started = time.perf_counter()
+        perceptual_taps = self._perceptual_taps(teacher.encoder, level)
+        train_decoder(f"collaborator_L{level}", teacher.encoder, decoder,
+                      _sampler(recipe, self.train_paths, stage.batch, 1), config, teacher.encoder, perceptual_taps,
+                      _lambda(stage, recipe), self.run_dir, self.resume)
+        self._timed(f"collaborator_L{level}", started)
+        return freeze(decoder)
+
+    def _taps(self, encoder: nn.Module, level: int) -> Any:
+        taps = self.recipe.embed.taps
+        if taps == "level":
+            return level_taps(level) if isinstance(encoder, VGGEncoder) else "auto"
+        return None if taps == "none" else taps
+
+    def _perceptual_taps(self, encoder: nn.Module, level: int) -> list[str]:
+        chosen = self.recipe.objective.perceptual_taps
+        if chosen is not None:
+            return chosen
+        return level_taps(level) if isinstance(encoder, VGGEncoder) else ["output"]
+
+    def distill(self, level: int, teacher: Teacher, collaborator: nn.Module) -> Distiller:
+        recipe = self.recipe
+        width: Any = recipe.student.width
+        if level in recipe.student.level_width:
+            base = {"*": width} if not isinstance(width, dict) else dict(width)
+            width = {**base, **recipe.student.level_width[level]}
+        distiller = apply(
+            teacher.encoder, collaborator, slim=width, taps=self._taps(teacher.encoder, level), beta=recipe.embed.beta,
+            objective=recipe.objective.kind, lambda_p=recipe.objective.lambda_p, lambda_s=recipe.objective.lambda_s,
+            perceptual_taps=self._perceptual_taps(teacher.encoder, level), importance=recipe.student.importance,
+            init=recipe.student.init, keep=recipe.student.keep, seed=recipe.seed,
+            example_inputs=(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed)),),
+        )
+        distiller.name = f"distill_L{level}"
+        stage = recipe.stages.distill
+        if stage.enabled:
+            sampler: Any = _sampler(recipe, self.train_paths, stage.batch, 2)
+            if recipe.objective.kind == "style-transfer":
+                sampler = PairedSampler(sampler, _sampler(recipe, self.style_paths, stage.batch, 3))
+            started = time.perf_counter()
+            distiller.fit(sampler, stage_config(recipe, stage, len(self.train_paths)), self.run_dir, self.resume)
+            self._timed(distiller.name, started)
+        else:
+            self.notes.append(f"level {level}: stage 2 disabled, the student is the pruned teacher (prune-only baseline)")
+        return distiller
+
+    def student_decoder(self, level: int, distiller: Distiller) -> nn.Module:
+        stage = self.recipe.stages.decoder
+        if not stage.enabled:
+            raise CDCompressError(f"recipe {self.recipe.name}: stages.decoder must be enabled to deploy a student")
+        started = time.perf_counter()
+        config = stage_config(self.recipe, stage, len(self.train_paths))
+        sampler = _sampler(self.recipe, self.train_paths, stage.batch, 4)
+        decoder, _ = distiller.train_decoder(sampler, config, stage.init, _lambda(stage, self.recipe), self.run_dir,
+                                             self.resume, name=f"decoder_L{level}")
+        self._timed(f"decoder_L{level}", started)
+        return freeze(decoder)
+
+    def execute(self) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
+        torch.manual_seed(self.recipe.seed)
+        student, teachers, distillers = CDModel(), {}, {}
+        for level in self.recipe.levels:
+            teacher = load_teacher(self.recipe, level)
+            if not teacher.note.startswith(("model", "released", "torchvision", "VGG-19 with", "imported")):
+                log.warning("teacher: %s", teacher.note)
+            collaborator = self.collaborator(level, teacher)
+            distiller = self.distill(level, teacher, collaborator)
+            decoder = self.student_decoder(level, distiller)
+            student.encoders[level] = distiller.deployable()
+            student.decoders[level] = decoder
+            if isinstance(distiller.student, VGGEncoder) and isinstance(decoder, VGGDecoder):
+                student.branches[level] = _portable_branches(distiller.branches)
+            teachers[level] = (teacher, collaborator)
+            distillers[level] = distiller
+        student.meta = {"name": f"{self.recipe.name}-student", "source": {"kind": "cdcompress-distill",
+                                                                          "recipe": self.recipe.name}}
+        if all(isinstance(m, (VGGEncoder, VGGDecoder)) for m in [*student.encoders.values(), *student.decoders.values()]):
+            save(student, self.run_dir / "student", overwrite=True)
+        else:
+            self.notes.append("student is not a VGG-family model: weights kept in checkpoints/, no student/ directory")
+        from .report import write_outputs
+
+        report = write_outputs(self, student, teachers, distillers)
+        return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+def _lambda(stage: StageSpec, recipe: Recipe) -> float:
+    return recipe.objective.lambda_p if stage.lambda_p is None else stage.lambda_p
+
+
+def _fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
+    if isinstance(encoder, VGGEncoder):
+        return VGGDecoder(encoder.spec)
+    raise CDCompressError(
+        "stage 1 can build a decoder only for VGG teachers; have the teacher import return (encoder, decoder)"
+    )
+
+
+def _portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
+    """A plain copy of the trained branches for the model directory (kept beside the student)."""
+    copy_ = EmbeddingBranches(branches.widths, branches.token_taps)
+    copy_.load_state_dict(branches.state_dict())
+    return copy_
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+    """Execute ``recipe`` into ``out_dir`` (default: the recipe's output.dir)."""
+    run_dir = Path(out_dir or recipe.output.dir.format(name=recipe.name))
+    if (run_dir / "config.yaml").exists() and not resume:
+        raise CDCompressError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not (run_dir / "config.yaml").exists():
+        raise CDCompressError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    return RecipeRun(recipe, run_dir, resume).execute()
+
+
+def eval_images(recipe: Recipe, scratch: Path) -> list[tuple[str, torch.Tensor]]:
+    """Held-out images, shorter side ``eval_size``, cropped to a multiple of 16."""
+    images = []
+    for path in data_paths(recipe.data.eval, scratch) if recipe.data.eval else []:
+        image = resize_shorter(load_image(path), recipe.data.eval_size)
+        images.append((path.name, crop_to_multiple(image, 16, path)))
+    return images
+
+
+def encoder_decoder_cost(encoder: nn.Module, decoder: nn.Module, size: int) -> tuple[int, int]:
+    """Parameters and MACs of encoder + decoder at ``size``² (MACs via the meta-device counter)."""
+
+    class _Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.decoder = encoder, decoder
+
+        def forward(self, x: torch.Tensor) -> Any:
+            return self.decoder(self.encoder(x))
+
+    pair = _Pair()
+    return count_parameters(encoder), count_macs(pair, (1, 3, size, size))
+
+
+__all__ = ["RecipeRun", "RunResult", "eval_images", "load_teacher", "run_recipe"]

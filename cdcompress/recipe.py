@@ -1,0 +1,351 @@
+"""Distillation recipes: one YAML file describes a whole run, validated before any work starts.
+
+A recipe is read with ``yaml.safe_load``, merged over the recipe it ``extends:``, patched by
+``--set a.b.c=value`` overrides, then validated by a pydantic schema that forbids unknown keys.
+Every problem becomes one :class:`RecipeError` line naming the recipe, the key path and the fix
+(with a did-you-mean for misspelt keys). Nothing in a recipe is evaluated: components are chosen
+by registry name, or by an explicit ``import: package.module:callable`` for user models.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import CDCompressError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+class RecipeError(CDCompressError):
+    """A recipe that cannot be used as written."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+Width = float | int | dict[str, float | int]
+
+
+class TeacherSpec(_Strict):
+    """Where the teacher (and possibly its decoders) come from."""
+
+    source: Literal["model", "cd-release", "torchvision", "builtin", "import"]
+    path: str = Field(description="model dir | release dir | torchvision .pth | builtin name | package.module:callable")
+    variant: Literal["student", "base"] = "student"
+    pretrained: Literal["auto", "none"] = "auto"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class CollaboratorSpec(_Strict):
+    source: Literal["teacher", "train"] = "teacher"
+
+
+class StudentSpec(_Strict):
+    width: Width = 0.25
+    level_width: dict[int, dict[str, float | int]] = Field(default_factory=dict)
+    importance: Literal["l1", "l2", "random", "taylor"] = "l1"
+    init: Literal["pruned", "random"] = "pruned"
+    keep: list[str] = Field(default_factory=list)
+
+    @field_validator("width")
+    @classmethod
+    def _width_range(cls, value: Width) -> Width:
+        for v in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(v, float) and not 0 < v <= 1:
+                raise ValueError(f"width ratio {v} must be in (0, 1]")
+            if isinstance(v, int) and v < 1:
+                raise ValueError(f"absolute width {v} must be >= 1")
+        return value
+
+
+class EmbedSpec(_Strict):
+    taps: Literal["level", "auto", "none"] | list[str] = "level"
+    beta: float = Field(10.0, ge=0)
+
+
+class ObjectiveSpec(_Strict):
+    kind: Literal["reconstruction", "style-transfer", "feature-kd"] = "reconstruction"
+    lambda_p: float = Field(1.0, ge=0)
+    lambda_s: float = Field(10.0, ge=0)
+    perceptual_taps: list[str] | None = None
+
+
+class DataSpec(_Strict):
+    train: list[str] = Field(min_length=1)
+    style: list[str] = Field(default_factory=list)
+    eval: list[str] = Field(default_factory=list)
+    resize: int = Field(300, gt=0)
+    crop: int = Field(256, gt=0)
+    workers: int = Field(0, ge=0)
+    eval_size: int = Field(512, gt=0)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataSpec:
+        if self.crop > self.resize:
+            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
+        return self
+
+
+class StageSpec(_Strict):
+    enabled: bool = True
+    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    batch: int = Field(16, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(0.0, ge=0)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    lambda_p: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _length_given(self) -> StageSpec:
+        if self.enabled and self.steps is None and self.epochs is None:
+            raise ValueError("give steps or epochs")
+        return self
+
+
+class DecoderStageSpec(StageSpec):
+    init: Literal["pruned", "random"] = "pruned"
+
+
+class StagesSpec(_Strict):
+    collaborator: StageSpec = Field(default_factory=lambda: StageSpec(enabled=False))
+    distill: StageSpec
+    decoder: DecoderStageSpec
+
+
+class OutputSpec(_Strict):
+    dir: str = "runs/{name}"
+    checkpoint_every: int = Field(500, ge=0)
+    sample_every: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0)
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    levels: list[int] = Field(min_length=1)
+    teacher: TeacherSpec
+    collaborator: CollaboratorSpec = Field(default_factory=CollaboratorSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    embed: EmbedSpec = Field(default_factory=EmbedSpec)
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    data: DataSpec
+    stages: StagesSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_valid(cls, value: list[int]) -> list[int]:
+        if any(k not in range(1, 6) for k in value) or len(set(value)) != len(value):
+            raise ValueError("levels must be distinct integers in 1..5")
+        return sorted(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str) -> str:
+        if value != "cpu" and not value.startswith(("cuda", "mps")):
+            raise ValueError("device must be cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _style_data(self) -> Recipe:
+        if self.objective.kind == "style-transfer" and not self.data.style:
+            raise ValueError("the style-transfer objective needs data.style folders")
+        return self
+
+
+# --------------------------------------------------------------------------- locating recipes
+
+
+def recipe_dirs() -> list[Path]:
+    """Where bundled recipes live: $CDCOMPRESS_RECIPES, the checkout's recipes/, or the installed share/."""
+    import sys
+
+    candidates = [os.environ.get("CDCOMPRESS_RECIPES"), PACKAGE_ROOT.parent / "recipes",
+                  Path(sys.prefix) / "share" / "cdcompress" / "recipes"]
+    return [Path(c) for c in candidates if c and Path(c).is_dir()]
+
+
+def bundled_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe by path, by path relative to another recipe, or by bundled name."""
+    path = Path(ref)
+    for candidate in ([relative_to / path] if relative_to else []) + [path]:
+        if candidate.is_file():
+            return candidate
+    bundled = bundled_recipes()
+    name = path.stem if path.suffix in (".yaml", ".yml") else str(ref)
+    if name in bundled:
+        return bundled[name]
+    hint = difflib.get_close_matches(name, bundled, n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise RecipeError(f"recipe {ref}: not found{suggestion}; pass a YAML path or one of: {', '.join(sorted(bundled))}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise RecipeError(f"recipe {path}: invalid YAML{where} ({problem}); fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path}: cannot read ({exc}); check the file") from None
+    if data is None:
+        raise RecipeError(f"recipe {path}: empty file; see `cdcompress recipes show demo` for an example")
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested mappings merge key by key, lists and scalars are replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_raw(ref: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """The recipe's mapping with ``extends:`` chains resolved (cycles refused)."""
+    path = find_recipe(ref, _seen[-1].parent if _seen else None).resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise RecipeError(f"recipe {path}: extends itself ({chain}); remove the cycle")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, path
+    if not isinstance(parent, str):
+        raise RecipeError(f"recipe {path}: extends must be a recipe name or path, got {parent!r}")
+    base, _ = load_raw(parent, (*_seen, path))
+    return deep_merge(base, data), path
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/lists (``1e-3``, ``[1,2]``)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"recipe {source}: override {item!r} must look like a.b.c=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise RecipeError(f"recipe {source}: override {item!r} has an unparsable value; quote it") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"recipe {source}: override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``loc`` (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _format_error(error: dict[str, Any], source: str) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(Recipe, loc)
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f"did you mean {hint[0]!r}?" if hint else f"valid keys here: {', '.join(known)}"
+        return f"recipe {source}: unknown key {key!r}; {suggestion}"
+    if kind == "missing":
+        return f"recipe {source}: missing required key {key!r}; add it (see `cdcompress recipes show demo`)"
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"recipe {source}: {key}: {message} (got {shown}); fix the value"
+
+
+def validate(data: dict[str, Any], source: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # Report the most specific problem first: unknown keys, then missing ones, then values.
+        order = {"extra_forbidden": 0, "missing": 1}
+        first = sorted(errors, key=lambda e: order.get(e["type"], 2))[0]
+        raise RecipeError(_format_error(first, source)) from None
+
+
+def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Find, merge, override and validate a recipe (no file-system checks; see :func:`check_paths`)."""
+    data, path = load_raw(ref)
+    data = apply_overrides(data, list(overrides or []), str(ref))
+    return validate(data, str(ref))
+
+
+def check_paths(recipe: Recipe, source: str) -> None:
+    """Every file and folder the run needs exists and every dataset is non-empty."""
+    from .data import image_paths
+    from .models.registry import is_builtin
+
+    teacher = recipe.teacher
+    if teacher.source in ("model", "cd-release", "torchvision") and not Path(teacher.path).exists():
+        raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; fix the path")
+    if teacher.source == "builtin" and not is_builtin(teacher.path):
+        raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")
+    if teacher.source == "import" and ":" not in teacher.path:
+        raise RecipeError(f"recipe {source}: teacher.path must be package.module:callable for source import")
+    for key in ("train", "style", "eval"):
+        for folder in getattr(recipe.data, key):
+            if folder in ("skimage", "skimage-heldout"):
+                continue
+            try:
+                image_paths(folder) if Path(folder).is_dir() or not Path(folder).is_file() else None
+            except CDCompressError as exc:
+                raise RecipeError(f"recipe {source}: data.{key}: {exc}") from None
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="python"), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Recipes: bundled ones validate, broken ones fail in one line with exit code 2, overrides and extends work."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cdcompress.cli import main
+from cdcompress.recipe import RecipeError, bundled_recipes, load_recipe
+
+VALID = textwrap.dedent(
+    """
+    name: tiny
+    levels: [1]
+    teacher: {source: builtin, path: vgg19, pretrained: none}
+    collaborator: {source: train}
+    student: {width: 0.5}
+    data: {train: [skimage], eval: [skimage-heldout], resize: 40, crop: 32, eval_size: 48}
+    stages:
+      collaborator: {steps: 4, batch: 2, lr: 1.0e-3}
+      distill: {steps: 4, batch: 2, lr: 1.0e-3}
+      decoder: {steps: 4, batch: 2, lr: 1.0e-3}
+    output: {checkpoint_every: 2, sample_every: 4, log_every: 1}
+    """
+)
+
+BROKEN = {
+    "bad_yaml": ("name: x\nlevels: [1\n", "invalid YAML at line"),
+    "empty": ("", "empty file"),
+    "top_level_list": ("- 1\n- 2\n", "top level must be a mapping"),
+    "unknown_key": (VALID.replace("stages:", "stagez: {}\nstages:"), "did you mean 'stages'"),
+    "unknown_nested_key": (VALID.replace("decoder: {steps: 4, batch: 2,", "decoder: {lrr: 2, steps: 4, batch: 2,"),
+                           "stages.decoder.lrr"),
+    "wrong_type": (VALID.replace("levels: [1]", "levels: one"), "levels"),
+    "lr_string": (VALID.replace("distill: {steps: 4, batch: 2, lr: 1.0e-3}", "distill: {steps: 4, batch: 2, lr: fast}"),
+                  "stages.distill.lr"),
+    "negative_steps": (VALID.replace("distill: {steps: 4", "distill: {steps: -4"), "stages.distill.steps"),
+    "missing_section": (VALID.replace("teacher: {source: builtin, path: vgg19, pretrained: none}\n", ""), "teacher"),
+    "bad_level": (VALID.replace("levels: [1]", "levels: [7]"), "levels"),
+    "bad_width": (VALID.replace("width: 0.5", "width: 1.5"), "student.width"),
+    "crop_too_big": (VALID.replace("crop: 32", "crop: 64"), "crop 64 is larger than resize 40"),
+    "missing_teacher_path": (VALID.replace("{source: builtin, path: vgg19, pretrained: none}",
+                                           "{source: model, path: /nonexistent/model}"), "teacher.path"),
+    "missing_data_folder": (VALID.replace("train: [skimage]", "train: [/nonexistent/photos]"), "data.train"),
+    "empty_data_folder": (VALID.replace("train: [skimage]", "train: [EMPTY]"), "no images"),
+    "unknown_objective": (VALID + "objective: {kind: magic}\n", "objective.kind"),
+    "extends_missing": ("extends: no_such_recipe\n" + VALID, "not found"),
+    "extends_cycle": ("extends: SELF\n" + VALID, "extends itself"),
+    "style_without_style_data": (VALID + "objective: {kind: style-transfer}\n", "data.style"),
+    "bad_device": (VALID + "device: tpu\n", "device"),
+}
+
+
+def run(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_recipe_is_one_line_exit_2(case: str, tmp_path: Path) -> None:
+    text, needle = BROKEN[case]
+    (tmp_path / "EMPTY").mkdir()
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text.replace("SELF", str(path)).replace("EMPTY", str(tmp_path / "EMPTY")))
+    code, out = run("distill", "--recipe", path, "--out", tmp_path / "run")
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: recipe") and "Traceback" not in out, out
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "run").exists(), "a failed validation must not start the run"
+
+
+def test_bad_override_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(VALID)
+    code, out = run("distill", "--recipe", path, "--set", "stages.distill.lr", "--out", tmp_path / "r")
+    assert code == 2 and "a.b.c=value" in out
+    code, out = run("distill", "--recipe", path, "--set", "stages.distill.stepz=3", "--out", tmp_path / "r")
+    assert code == 2 and "did you mean 'steps'" in out
+
+
+def test_bundled_recipes_validate_and_show() -> None:
+    names = set(bundled_recipes())
+    assert {"demo", "wct_vgg19", "adain_vgg19", "cd16x_half"} <= names
+    for name in names:
+        load_recipe(name)
+    code, out = run("recipes")
+    assert code == 0 and all(name in out for name in names)
+    code, out = run("recipes", "show", "wct_vgg19", "--set", "stages.distill.lr=3e-4")
+    shown = yaml.safe_load(out)
+    assert code == 0 and shown["stages"]["distill"]["lr"] == 3e-4 and shown["student"]["level_width"] == {1: {"conv11": 24}}
+    assert shown["embed"]["beta"] == 10.0 and shown["data"]["crop"] == 256
+
+
+def test_extends_merges_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(VALID)
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nstages:\n  distill: {steps: 9}\n")
+    recipe = load_recipe(tmp_path / "child.yaml", ["student.width=0.25"])
+    assert recipe.name == "child" and recipe.stages.distill.steps == 9 and recipe.stages.distill.batch == 16
+    assert recipe.stages.decoder.steps == 4 and recipe.student.width == 0.25
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nothing.yaml")
+
+
+def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(VALID)
+    out = tmp_path / "run"
+    code, text = run("distill", "--recipe", path, "--out", out)
+    assert code == 0, text
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "comparison.png", "report.md", "report.json",
+                 "student/model.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "samples").glob("*.png")) and list((out / "checkpoints").glob("distill_L1_step*.pt"))
+    report = (out / "report.md").read_text()
+    assert "RANDOMLY INITIALISED" in report and "student PSNR" in report
+    from cdcompress import load
+
+    student = load(out / "student")
+    assert student.levels == [1] and student.encoders[1].spec.widths == (32,)
+    code, text = run("distill", "--recipe", path, "--out", out)
+    assert code == 2 and "--resume" in text
+    code, text = run("distill", "--recipe", path, "--out", out, "--resume")
+    assert code == 0, text

@@ -1,0 +1,80 @@
+"""`cdcompress weights download` against an HTTP server on 127.0.0.1: hash checked, nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cdcompress import weights
+from cdcompress.cli import main
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def error_lines(output: str) -> list[str]:
+    """Lines the CLI printed besides the download progress bar."""
+    return [line for line in output.splitlines() if line.strip() and "%|" not in line]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(_QuietHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def publish(monkeypatch: pytest.MonkeyPatch, url: str, payload: bytes) -> None:
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    entry = weights.PublishedWeights(url, "vgg19-test.pth", prefix, "test weights")
+    monkeypatch.setitem(weights.KNOWN_WEIGHTS, "vgg19", entry)
+
+
+def test_good_file_is_accepted(server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root = server
+    payload = b"weights" * 50_000
+    (root / "good.pth").write_bytes(payload)
+    publish(monkeypatch, f"{base}/good.pth", payload)
+    result = CliRunner().invoke(main, ["weights", "download", "vgg19", "--dest", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cache" / "vgg19-test.pth").read_bytes() == payload
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vgg19-test.pth"]
+
+
+def test_bad_hash_is_refused_and_nothing_is_left(server: tuple[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root = server
+    (root / "forged.pth").write_bytes(b"forged" * 1000)
+    publish(monkeypatch, f"{base}/forged.pth", b"the real weights")
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["weights", "download", "vgg19", "--dest", str(cache)])
+    assert result.exit_code == 2
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and lines[0].startswith("error:") and "does not match" in lines[0], result.output
+    assert list(cache.iterdir()) == []
+
+
+def test_unreachable_mirror_is_one_line(tmp_path: Path, server: tuple[str, Path]) -> None:
+    base, _ = server
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["weights", "download", "vgg19", "--dest", str(cache), "--url", f"{base}/missing"])
+    lines = error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1 and "download of" in lines[0], result.output
+    assert list(cache.iterdir()) == []
