@@ -2,6 +2,7 @@
 
 from .errors import CDCompressError
 from .models import CDModel, VGGDecoder, VGGEncoder, VGGSpec, load, save
+from .stylize import stylize as stylize  # the API function; the subpackage stays importable by name
 
 __version__ = "0.1.0"
 

@@ -2,10 +2,16 @@
 
 Every input mode Pillow decodes (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) is
 normalised to 8-bit-equivalent RGB; anything undecodable is one :class:`ImageError` line.
+Pillow's decompression-bomb guard (~179 Mpx) is raised on purpose to :data:`MAX_IMAGE_PIXELS`
+so ultra-resolution inputs (16384x16384 = 268 Mpx) decode; larger images are refused clearly.
 """
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,51 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Largest image decoded, in pixels (32768x32768, 3 GiB as 8-bit RGB): above it a file is refused.
+MAX_IMAGE_PIXELS = 1 << 30
+_GUARD_LOCK = threading.RLock()
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _too_large(path: Path, size: tuple[int, int]) -> ImageError:
+    w, h = size
+    return ImageError(
+        f"{path}: {w}x{h} is {w * h / 1e6:.0f} Mpx, above cdcompress's bound of {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx "
+        "(cdcompress.images.MAX_IMAGE_PIXELS); downscale or split the image"
+    )
+
+
+def decode_error(path: str | Path, exc: BaseException) -> ImageError:
+    """The one-line :class:`ImageError` for a decoding failure ``exc`` of ``path``."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(f"{path}: image exceeds cdcompress's bound of {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx; downscale it")
+    return ImageError(f"{path}: cannot decode image ({exc}); use a valid JPEG/PNG file")
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open ``path`` lazily with the decompression-bomb guard set to :data:`MAX_IMAGE_PIXELS`.
+
+    Decode inside the ``with`` block (some formats check sizes again while loading); the guard is
+    process-wide in Pillow, so it is set under a lock and restored on exit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file; check the path")
+    with _GUARD_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
+        try:
+            try:
+                img = Image.open(path)
+            except _DECODE_ERRORS as exc:
+                raise decode_error(path, exc) from None
+            with img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise _too_large(path, img.size)
+                yield img
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def load_image(path: str | Path, crop_multiple: int = 1) -> torch.Tensor:
@@ -24,14 +75,11 @@ def load_image(path: str | Path, crop_multiple: int = 1) -> torch.Tensor:
     pooling need multiples of their stride to reconstruct every pixel).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file; check the path")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            array = _to_rgb_array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc}); use a valid JPEG/PNG file") from None
+    with open_image(path) as img:
+        try:
+            array = _to_rgb_array(ImageOps.exif_transpose(img))
+        except _DECODE_ERRORS as exc:
+            raise decode_error(path, exc) from None
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
     return crop_to_multiple(tensor, crop_multiple, path)
 

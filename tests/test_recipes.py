@@ -100,7 +100,7 @@ def test_extends_merges_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(VALID)
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nstages:\n  distill: {steps: 9}\n")
     recipe = load_recipe(tmp_path / "child.yaml", ["student.width=0.25"])
-    assert recipe.name == "child" and recipe.stages.distill.steps == 9 and recipe.stages.distill.batch == 16
+    assert recipe.name == "child" and recipe.stages.distill.steps == 9 and recipe.stages.distill.batch == 2
     assert recipe.stages.decoder.steps == 4 and recipe.student.width == 0.25
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nothing.yaml")
