@@ -22,8 +22,8 @@ test: lint
 	$(VENV)/bin/pytest
 
 demo: install
-	$(VENV)/bin/cdcompress inspect vgg19
-	$(VENV)/bin/cdcompress inspect vgg19-x0.25
+	rm -rf runs/demo
+	$(VENV)/bin/cdcompress distill --recipe demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

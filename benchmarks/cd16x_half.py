@@ -5,7 +5,7 @@ as ``cdcompress distill`` (same stage-3 decoder training for all), for several s
 Markdown table (mean ± half-range over seeds) and writes it, with the exact commands and a
 comparison PNG, to ``docs/experiment_cd16x_half.md``.
 
-    python benchmarks/cd16x_half.py --seeds 0 1 [--steps 1500] [--out runs/cd16x_half_experiment]
+    python benchmarks/cd16x_half.py --seeds 0 1 [--steps 400] [--out runs/cd16x_half_experiment]
 """
 
 from __future__ import annotations
@@ -97,10 +97,13 @@ def comparison(results: dict[str, list[dict]], image_path: Path, out: Path) -> P
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=1500, help="steps of stage 2 and of stage 3")
+    parser.add_argument("--steps", type=int, default=400, help="steps of stage 2 and of stage 3")
     parser.add_argument("--out", type=Path, default=Path("runs/cd16x_half_experiment"))
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     results = run_all(args.seeds, args.steps, args.out)
     text = table(results)
