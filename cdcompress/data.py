@@ -70,7 +70,15 @@ class CropSampler(Dataset):
         return 2**31 - 1
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return torch.cat([self.sample(step * self.batch_size + j) for j in range(self.batch_size)])
+        return self.shard(step, 0, 1)
+
+    def shard(self, step: int, rank: int, world: int) -> torch.Tensor:
+        """This process's slice of the step's global batch (the whole batch when ``world`` is 1)."""
+        if self.batch_size % world:
+            raise DataError(f"batch {self.batch_size} is not divisible by {world} processes; pick a multiple")
+        per = self.batch_size // world
+        first = step * self.batch_size + rank * per
+        return torch.cat([self.sample(first + j) for j in range(per)])
 
     def sample(self, index: int) -> torch.Tensor:
         """The ``index``-th training crop ([1, 3, crop, crop]); skips unreadable files deterministically."""
@@ -131,25 +139,26 @@ def image_paths(folders: Sequence[str | Path] | str | Path) -> list[Path]:
     return paths
 
 
-def batches(sampler: CropSampler, start: int, stop: int, workers: int = 0) -> Iterator[torch.Tensor]:
-    """Batches for steps ``start`` .. ``stop - 1``, optionally decoded by worker processes."""
-    steps = range(start, stop)
+def batches(
+    sampler: CropSampler, start: int, stop: int, workers: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[torch.Tensor]:
+    """This process's batches for steps ``start`` .. ``stop - 1``, optionally decoded by worker processes."""
+    steps = _Steps(sampler, range(start, stop), rank, world)
     if workers <= 0:
-        yield from (sampler[s] for s in steps)
+        yield from (steps[i] for i in range(len(steps)))
         return
-    loader = DataLoader(_Steps(sampler, steps), batch_size=None, num_workers=workers, persistent_workers=False)
-    yield from loader
+    yield from DataLoader(steps, batch_size=None, num_workers=workers, persistent_workers=False)
 
 
 class _Steps(Dataset):
-    def __init__(self, sampler: CropSampler, steps: range) -> None:
-        self.sampler, self.steps = sampler, steps
+    def __init__(self, sampler: CropSampler, steps: range, rank: int, world: int) -> None:
+        self.sampler, self.steps, self.rank, self.world = sampler, steps, rank, world
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.sampler[self.steps[i]]
+        return self.sampler.shard(self.steps[i], self.rank, self.world)
 
 
 def skimage_photos(folder: str | Path) -> list[Path]:

@@ -16,13 +16,21 @@ from .main import main
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages.distill.lr=1e-3.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default: output.dir).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoints.")
-def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes (re-launches itself with torchrun; the recipe's batch is the global batch).")
+def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool, nproc: int) -> None:
     """Run the three stages of Collaborative Distillation described by a recipe."""
+    from .. import distributed
     from ..distill.run import run_recipe
 
     recipe = load_recipe(recipe_ref, list(overrides))
     check_paths(recipe, recipe_ref)
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        _relaunch_with_torchrun(nproc, recipe_ref, overrides, out, resume)
+        return
     result = run_recipe(recipe, out, resume)
+    if not distributed.is_main():
+        return
     click.echo(f"wrote {result.run_dir} (student/, report.md, loss.png, comparison.png)")
     for level, entry in result.report["levels"].items():
         psnr = f", student PSNR {entry['student_psnr']:.2f} dB (teacher {entry['teacher_psnr']:.2f})" \
@@ -31,6 +39,24 @@ def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resum
                    f"({entry['compression']:.1f}x){psnr}")
     for note in result.report["notes"]:
         click.echo(f"note: {note}")
+
+
+def _relaunch_with_torchrun(nproc: int, recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool) -> None:
+    """``torchrun --nproc_per_node N -m cdcompress distill ...`` with the same arguments."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "cdcompress", "distill", "--recipe", recipe_ref]
+    for item in overrides:
+        command += ["--set", item]
+    if out is not None:
+        command += ["--out", str(out)]
+    if resume:
+        command.append("--resume")
+    code = subprocess.call(command)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @main.group(invoke_without_command=True)

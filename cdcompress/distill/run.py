@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..cost import count_macs
 from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
 from ..embed import EmbeddingBranches
@@ -107,7 +108,10 @@ class PairedSampler:
         self.content, self.style = content, style
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return torch.cat([self.content[step], self.style[step]])
+        return self.shard(step, 0, 1)
+
+    def shard(self, step: int, rank: int, world: int) -> torch.Tensor:
+        return torch.cat([self.content.shard(step, rank, world), self.style.shard(step, rank, world)])
 
 
 def data_paths(entries: list[str], scratch: Path) -> list[Path]:
@@ -135,11 +139,6 @@ def stage_config(recipe: Recipe, stage: StageSpec, n_images: int) -> TrainConfig
     )
 
 
-def _sampler(recipe: Recipe, paths: list[Path], batch: int, offset: int) -> CropSampler:
-    d = recipe.data
-    return CropSampler(paths, batch_size=batch, resize=d.resize, crop=d.crop, seed=recipe.seed * 1000 + offset)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -148,10 +147,19 @@ class RecipeRun:
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
         self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
-        self.train_paths = data_paths(recipe.data.train, run_dir)
-        self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
+        with distributed.main_first():  # rank 0 writes the bundled photos once; the others then read them
+            self.train_paths = data_paths(recipe.data.train, run_dir)
+            self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
         self.stage_seconds: dict[str, float] = {}
         self.notes: list[str] = []
+        self.samplers: list[CropSampler] = []
+
+    def sampler(self, paths: list[Path], batch: int, offset: int) -> CropSampler:
+        """A stage's deterministic crop sampler (kept, to report the images it had to skip)."""
+        d = self.recipe.data
+        made = CropSampler(paths, batch_size=batch, resize=d.resize, crop=d.crop, seed=self.recipe.seed * 1000 + offset)
+        self.samplers.append(made)
+        return made
 
     def _timed(self, name: str, started: float) -> None:
         self.stage_seconds[name] = round(time.perf_counter() - started, 2)
@@ -173,7 +181,7 @@ class RecipeRun:
         started = time.perf_counter()
         perceptual_taps = self._perceptual_taps(teacher.encoder, level)
         train_decoder(f"collaborator_L{level}", teacher.encoder, decoder,
-                      _sampler(recipe, self.train_paths, stage.batch, 1), config, teacher.encoder, perceptual_taps,
+                      self.sampler(self.train_paths, stage.batch, 1), config, teacher.encoder, perceptual_taps,
                       _lambda(stage, recipe), self.run_dir, self.resume)
         self._timed(f"collaborator_L{level}", started)
         return freeze(decoder)
@@ -206,9 +214,9 @@ class RecipeRun:
         distiller.name = f"distill_L{level}"
         stage = recipe.stages.distill
         if stage.enabled:
-            sampler: Any = _sampler(recipe, self.train_paths, stage.batch, 2)
+            sampler: Any = self.sampler(self.train_paths, stage.batch, 2)
             if recipe.objective.kind == "style-transfer":
-                sampler = PairedSampler(sampler, _sampler(recipe, self.style_paths, stage.batch, 3))
+                sampler = PairedSampler(sampler, self.sampler(self.style_paths, stage.batch, 3))
             started = time.perf_counter()
             distiller.fit(sampler, stage_config(recipe, stage, len(self.train_paths)), self.run_dir, self.resume)
             self._timed(distiller.name, started)
@@ -222,15 +230,16 @@ class RecipeRun:
             raise CDCompressError(f"recipe {self.recipe.name}: stages.decoder must be enabled to deploy a student")
         started = time.perf_counter()
         config = stage_config(self.recipe, stage, len(self.train_paths))
-        sampler = _sampler(self.recipe, self.train_paths, stage.batch, 4)
+        sampler = self.sampler(self.train_paths, stage.batch, 4)
         decoder, _ = distiller.train_decoder(sampler, config, stage.init, _lambda(stage, self.recipe), self.run_dir,
                                              self.resume, name=f"decoder_L{level}")
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
     def execute(self) -> RunResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
         torch.manual_seed(self.recipe.seed)
         student, teachers, distillers = CDModel(), {}, {}
         for level in self.recipe.levels:
@@ -248,13 +257,19 @@ class RecipeRun:
             distillers[level] = distiller
         student.meta = {"name": f"{self.recipe.name}-student", "source": {"kind": "cdcompress-distill",
                                                                           "recipe": self.recipe.name}}
-        if all(isinstance(m, (VGGEncoder, VGGDecoder)) for m in [*student.encoders.values(), *student.decoders.values()]):
-            save(student, self.run_dir / "student", overwrite=True)
-        else:
+        if not all(isinstance(m, (VGGEncoder, VGGDecoder)) for m in [*student.encoders.values(), *student.decoders.values()]):
             self.notes.append("student is not a VGG-family model: weights kept in checkpoints/, no student/ directory")
-        from .report import write_outputs
+        elif distributed.is_main():
+            save(student, self.run_dir / "student", overwrite=True)
+        skipped = {path: why for sampler in self.samplers for path, why in sampler.skipped.items()}
+        if skipped:
+            self.notes.append(f"skipped {len(skipped)} unreadable training image(s): {', '.join(sorted(skipped))[:300]}")
+        report: dict[str, Any] = {}
+        if distributed.is_main():
+            from .report import write_outputs
 
-        report = write_outputs(self, student, teachers, distillers)
+            report = write_outputs(self, student, teachers, distillers)
+        distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
 
 
@@ -279,11 +294,13 @@ def _portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
     """Execute ``recipe`` into ``out_dir`` (default: the recipe's output.dir)."""
+    distributed.init_from_env(recipe.device)
     run_dir = Path(out_dir or recipe.output.dir.format(name=recipe.name))
     if (run_dir / "config.yaml").exists() and not resume:
         raise CDCompressError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (run_dir / "config.yaml").exists():
         raise CDCompressError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
+    distributed.barrier()  # every process has checked before rank 0 writes config.yaml
     return RecipeRun(recipe, run_dir, resume).execute()
 
 

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data import CropSampler, batches
 from ..errors import CDCompressError
 from ..images import save_image
@@ -150,6 +150,7 @@ class Trainer:
         self.device = torch.device(config.device)
         self.modules = task.trainable_modules()
         params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        self._params = params
         if not params:
             raise TrainingError(f"stage {task.name}: nothing to train (no parameters require gradients)")
         opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -168,7 +169,7 @@ class Trainer:
         return sorted(self.checkpoint_dir.glob(f"{self.task.name}_step*.pt"))
 
     def save_checkpoint(self, step: int) -> Path | None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not distributed.is_main():
             return None
         state = {
             "stage": self.task.name,
@@ -210,9 +211,11 @@ class Trainer:
         began = time.perf_counter()
         self.task.set_train(True)
         bar = tqdm(total=self.config.steps, initial=start, desc=f"stage {self.task.name}", unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
         last_good = start
-        for step, batch in enumerate(batches(self.sampler, start, self.config.steps, self.config.workers), start=start):
+        stream = batches(self.sampler, start, self.config.steps, self.config.workers,
+                         distributed.rank(), distributed.world_size())
+        for step, batch in enumerate(stream, start=start):
             terms = self._step(batch.to(self.device), step)
             done = step + 1
             bar.update(1)
@@ -250,19 +253,19 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self._params)
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            params: Iterable[torch.Tensor] = (p for g in self.optimizer.param_groups for p in g["params"])
-            torch.nn.utils.clip_grad_norm_(list(params), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return detach_terms(terms)
+        return distributed.mean_over_processes(detach_terms(terms))
 
     # ------------------------------------------------------------------ outputs
     def write_samples(self, batch: torch.Tensor, step: int) -> Path | None:
         """A PNG grid: one row per sample image, one column per view the task shows."""
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_main():
             return None
         self.task.set_train(False)
         with torch.no_grad():
@@ -273,7 +276,7 @@ class Trainer:
         return save_image(rows, self.run_dir / "samples" / f"{self.task.name}_step{step:07d}.png")
 
     def _append_metrics(self, record: dict) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not distributed.is_main():
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
@@ -281,7 +284,7 @@ class Trainer:
 
     def _trim_metrics(self, start: int) -> None:
         """Drop this stage's records past the resume point (the interrupted run's tail)."""
-        if self.run_dir is None or not (self.run_dir / "metrics.jsonl").is_file():
+        if self.run_dir is None or not distributed.is_main() or not (self.run_dir / "metrics.jsonl").is_file():
             return
         path = self.run_dir / "metrics.jsonl"
         kept = [line for line in path.read_text().splitlines()
