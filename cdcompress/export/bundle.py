@@ -1,0 +1,267 @@
+"""Deployable bundles: verified per-level graphs plus a manifest that pins what they compute.
+
+A bundle directory holds ``enc{k}.onnx`` / ``dec{k}.onnx`` per level, optional TensorRT engines and
+``manifest.json``: levels, graph input/output names and shapes, normalisation, opset, precision,
+the parity table, the source model's checksums, tool versions and the SHA-256 of every file. It is
+assembled in a hidden staging directory next to the target and renamed into place only after
+every graph passed verification, so a bundle that exists is complete and verified.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
+from .errors import ExportError
+from .onnx import (
+    ROLES,
+    ParityRow,
+    Part,
+    check_parity,
+    export_graph,
+    format_parity_table,
+    require_onnx,
+    reuse_torchlib_registry,
+    verification_image,
+    verify_graph,
+)
+from .profiles import ExportProfile
+
+BUNDLE_FORMAT = "cdcompress-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+#: Inputs per graph for fixed-shape exports, which have only one size to check.
+FIXED_SHAPE_CASES = 3
+_TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+    rows: list[ParityRow] = field(default_factory=list)
+
+
+def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile, levels: Sequence[int] | None = None, *,
+                  model_ref: str = "", model_dir: Path | None = None, tensorrt: bool = False, overwrite: bool = False,
+                  echo: Callable[[str], None] = print, progress: bool = True) -> ExportResult:
+    """Export, verify and (optionally) build engines for ``levels`` of ``model`` into bundle ``out``.
+
+    Raises :class:`ExportError` (and writes nothing) when any graph misses the profile's tolerance.
+    """
+    out = Path(out)
+    levels = _check_levels(model, levels)
+    trt = None
+    if tensorrt:  # fail in a second, not after minutes of export
+        from .tensorrt import require_tensorrt, trt_settings
+
+        trt_settings(profile)
+        trt = require_tensorrt()
+    require_onnx()
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+    parts = [Part(role, k, _module(model, role, k).spec.out_channels) for k in levels for role in ROLES]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        entries, rows = _export_graphs(model, parts, staging, profile, progress)
+        echo(format_parity_table(rows))
+        check_parity(rows)
+        engines = None
+        if trt is not None:
+            from .tensorrt import build_engines
+
+            engines = build_engines(trt, staging, parts, profile, progress)
+        manifest = _manifest(model, model_ref, model_dir, profile, levels, entries, rows, engines, staging)
+        _write_json(staging / MANIFEST_FILE, manifest)
+        _make_readable(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, rows)
+
+
+def _check_levels(model: CDModel, levels: Sequence[int] | None) -> list[int]:
+    available = model.levels
+    if not available:
+        raise ExportError("model has no level with both an encoder and a decoder; nothing to export")
+    wanted = list(levels) if levels else available
+    missing = [k for k in wanted if k not in available]
+    if missing:
+        raise ExportError(f"--levels: model has no encoder/decoder pair for level(s) {missing} (available: {available})")
+    return sorted(wanted)
+
+
+def _export_graphs(model: CDModel, parts: list[Part], staging: Path, profile: ExportProfile,
+                   progress: bool) -> tuple[dict[str, dict[str, Any]], list[ParityRow]]:
+    """Export each graph and check it on the profile's sizes against the PyTorch module."""
+    from tqdm import tqdm
+
+    from .runtime import make_session
+
+    entries: dict[str, dict[str, Any]] = {}
+    rows: list[ParityRow] = []
+    images = _verification_images(profile)
+    with reuse_torchlib_registry():
+        for part in tqdm(parts, desc="export", unit="graph", disable=not progress, file=sys.stderr):
+            module = _module(model, part.role, part.level)
+            io = export_graph(module, part, staging / part.file, profile.opset, profile.shape, profile.precision)
+            cases = _cases(model, part, images)
+            rows += verify_graph(make_session(staging / part.file), module, part, cases, profile.tolerance)
+            entries[part.name] = {"role": part.role, "level": part.level, "file": part.file, "stride": part.stride,
+                                  "channels": part.channels, **io, "spec": _spec(module),
+                                  "parameters_sha256": parameters_sha256(module)}
+    return entries, rows
+
+
+def _module(model: CDModel, role: str, level: int) -> nn.Module:
+    return model.encoder(level) if role == "encoder" else model.decoder(level)
+
+
+def _spec(module: nn.Module) -> dict[str, Any] | None:
+    """The architecture (widths, padding) behind a graph: exact tiling derives its halos from it."""
+    spec = getattr(module, "spec", None)
+    return spec.to_dict() if hasattr(spec, "to_dict") else None
+
+
+def _verification_images(profile: ExportProfile) -> Cases:
+    if profile.shape is None:
+        return [(hw, verification_image(hw, seed)) for seed, hw in enumerate(profile.check_sizes)]
+    return [(profile.shape, verification_image(profile.shape, seed)) for seed in range(FIXED_SHAPE_CASES)]
+
+
+Cases = list[tuple[tuple[int, int], torch.Tensor]]
+
+
+def _cases(model: CDModel, part: Part, images: Cases) -> Cases:
+    """Encoders get the test images; decoders the PyTorch encoder's features of them (realistic statistics)."""
+    if part.role == "encoder":
+        return images
+    encoder = model.encoder(part.level)
+    device = next(encoder.parameters()).device
+    with torch.inference_mode():
+        return [(hw, encoder(image.to(device)).cpu().clone()) for hw, image in images]
+
+
+def parameters_sha256(module: nn.Module) -> str:
+    """Digest of a module's tensors (names, dtypes, shapes, bytes): ties a graph to exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _source(model: CDModel, model_ref: str, model_dir: Path | None) -> dict[str, Any]:
+    source: dict[str, Any] = {"ref": model_ref, "name": model.meta.get("name", model_ref), "origin": model.meta.get("source")}
+    if model_dir is not None and (model_dir / SPEC_FILE).is_file():
+        spec = read_spec(model_dir)
+        source["model_json_sha256"] = sha256_file(model_dir / SPEC_FILE)
+        source["weights_sha256"] = {p["file"]: p.get("sha256") for p in spec["parts"]}
+    return source
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("cdcompress", *_TOOLS):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _manifest(model: CDModel, model_ref: str, model_dir: Path | None, profile: ExportProfile, levels: list[int],
+              parts: dict[str, dict[str, Any]], rows: list[ParityRow], engines: dict[str, Any] | None,
+              staging: Path) -> dict[str, Any]:
+    tools = tool_versions()
+    if engines is not None:
+        tools["tensorrt"] = engines["tensorrt_version"]
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "levels": levels,
+        "shape": "dynamic" if profile.shape is None else list(profile.shape),
+        "precision": profile.precision,
+        "opset": profile.opset,
+        "input": {"layout": "NCHW", "color": "RGB", "range": [0, 1], "dtype": "float32"},
+        "normalisation": {"where": "inside the encoder graphs (conv0, 1x1)", "model": model.meta.get("normalisation")},
+        "parts": parts,
+        "engines": None if engines is None else {k: v for k, v in engines.items() if k != "tensorrt_version"},
+        "verification": {"runtime": "onnxruntime CPUExecutionProvider", "metric": "max|onnx - torch| / max(1, max|torch|)",
+                         "tolerance": profile.tolerance, "rows": [r.as_dict() for r in rows]},
+        "profile": profile.to_dict(),
+        "source_model": _source(model, model_ref, model_dir),
+        "tools": tools,
+        "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                  for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_FILE},
+    }
+
+
+def _make_readable(directory: Path) -> None:
+    """``mkdtemp`` creates 0700; give the final bundle the permissions a plain ``mkdir`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write then rename, so a reader never sees half a manifest."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Parse and check a bundle's manifest; with ``verify`` every listed file's SHA-256 is compared."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ExportError(f"{path}: not an export bundle (no {MANIFEST_FILE}); create one with `cdcompress export MODEL`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{manifest_path}: invalid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise ExportError(f"{manifest_path}: not a {BUNDLE_FORMAT} manifest; re-export the bundle")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise ExportError(f"{manifest_path}: bundle format version {manifest.get('format_version')!r} is not supported "
+                          f"(this cdcompress reads {BUNDLE_VERSION}); re-export with this version")
+    for key in ("levels", "parts", "files", "shape"):
+        if key not in manifest:
+            raise ExportError(f"{manifest_path}: missing '{key}'; re-export the bundle")
+    unlisted = [e.get("file") for e in manifest["parts"].values() if e.get("file") not in manifest["files"]]
+    if unlisted:
+        raise ExportError(f"{manifest_path}: graph(s) {unlisted} have no checksum in 'files'; re-export the bundle")
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ExportError(f"{file}: listed in the manifest but missing; re-export the bundle")
+        if verify and sha256_file(file) != entry.get("sha256"):
+            raise ExportError(f"{file}: checksum mismatch, the file is corrupt or was modified; re-export the bundle")
+    return manifest
+
+
+def bundle_bytes(path: str | Path) -> int:
+    """Total size of a bundle's files (graphs, engines, manifest)."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
