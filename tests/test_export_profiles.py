@@ -10,30 +10,37 @@ import yaml
 from cdcompress.export import ExportError, load_profile
 from cdcompress.export import profiles as profiles_mod
 from cdcompress.export.onnx import Part
-from cdcompress.export.profiles import BUILTIN_PROFILES, REPO_PROFILE_DIR, TensorRTSettings, parse_profile
+from cdcompress.export.profiles import REPO_PROFILE_DIR, TensorRTSettings, parse_profile
 from cdcompress.export.tensorrt import engine_shapes, trt_settings
 
 REPO_EXPORT = Path(__file__).resolve().parents[1] / "export"
 
 
-def test_repo_profiles_match_builtin_copies() -> None:
-    files = sorted(p.stem for p in REPO_EXPORT.glob("*.yaml"))
-    assert files == sorted(BUILTIN_PROFILES)
-    for name, text in BUILTIN_PROFILES.items():
-        assert (REPO_EXPORT / f"{name}.yaml").read_text() == text, f"export/{name}.yaml and its built-in copy differ"
+SHIPPED = sorted(p.stem for p in REPO_EXPORT.glob("*.yaml"))
+
+
+def shipped_text(name: str) -> str:
+    return (REPO_EXPORT / f"{name}.yaml").read_text()
+
+
+def test_repo_profile_folder_is_found() -> None:
     assert REPO_PROFILE_DIR == REPO_EXPORT
+    assert {"onnx-dynamic", "onnx-tile512", "trt-fp16"} <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_PROFILES))
-def test_profiles_load_by_name_path_and_builtin(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", SHIPPED)
+def test_profiles_load_by_name_path_and_installed_copy(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     by_name = load_profile(name)
     assert by_name.source == str(REPO_EXPORT / f"{name}.yaml")
     by_path = load_profile(REPO_EXPORT / f"{name}.yaml")
     assert by_path.to_dict() | {"source": ""} == by_name.to_dict() | {"source": ""}
-    monkeypatch.setattr(profiles_mod, "REPO_PROFILE_DIR", tmp_path / "absent")  # as in a wheel install
-    monkeypatch.setattr(profiles_mod, "SHARE_PROFILE_DIR", tmp_path / "absent")
-    builtin = load_profile(name)
-    assert builtin.source == f"<built-in {name}>" and builtin.to_dict() | {"source": ""} == by_name.to_dict() | {"source": ""}
+    share = tmp_path / "share"  # as in a wheel install: data files under <prefix>/share/cdcompress/export
+    share.mkdir()
+    (share / f"{name}.yaml").write_text(shipped_text(name))
+    monkeypatch.setattr(profiles_mod, "REPO_PROFILE_DIR", tmp_path / "absent")
+    monkeypatch.setattr(profiles_mod, "SHARE_PROFILE_DIR", share)
+    installed = load_profile(name)
+    assert installed.to_dict() | {"source": ""} == by_name.to_dict() | {"source": ""}
 
 
 def test_shipped_profiles_content() -> None:
@@ -48,7 +55,7 @@ def test_shipped_profiles_content() -> None:
 
 
 def _mutate(base: str, edit: dict) -> str:
-    data = yaml.safe_load(BUILTIN_PROFILES[base])
+    data = yaml.safe_load(shipped_text(base))
     for dotted, value in edit.items():
         node = data
         *path, last = dotted.split(".")
@@ -143,5 +150,5 @@ def test_tensorrt_shapes_for_tiles_and_errors() -> None:
     small = TensorRTSettings((32, 32), (512, 512), (1024, 1024))
     assert engine_shapes(Part("encoder", 5, 128), small).min == (1, 3, 32, 32)
     assert engine_shapes(Part("decoder", 5, 128), small).min == (1, 128, 2, 2)
-    text = BUILTIN_PROFILES["trt-fp16"].replace("min: [64, 64]", "min: [32, 32]")
+    text = shipped_text("trt-fp16").replace("min: [64, 64]", "min: [32, 32]")
     assert parse_profile(text, "t.yaml", "t").tensorrt.min == (32, 32)

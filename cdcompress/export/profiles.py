@@ -1,9 +1,9 @@
 """Export profiles: small YAML files that say how to export (shapes, precision, checks, TensorRT).
 
 A profile is referenced by path or by name. Names are looked up, in order, in the repository's
-top-level ``export/`` folder (present in a source checkout or an editable install), in
-``<sys.prefix>/share/cdcompress/export`` (where a wheel may install data files), and then in the
-built-in copies below, so ``--profile onnx-dynamic`` works from any install. Every problem is one
+top-level ``export/`` folder (present in a source checkout or an editable install), then in
+``<sys.prefix>/share/cdcompress/export`` (where a wheel installs them as data files), so
+``--profile onnx-dynamic`` works from any install. Every problem is one
 :class:`ExportError` line naming the file, the key and the fix.
 
 Schema (all keys but ``onnx.shape`` optional)::
@@ -121,8 +121,8 @@ class ExportProfile:
 
 
 def available_profiles() -> list[str]:
-    """Profile names usable with ``--profile`` (repository folder and built-ins)."""
-    names = set(BUILTIN_PROFILES)
+    """Profile names usable with ``--profile`` (repository folder, installed data files)."""
+    names: set[str] = set()
     for folder in _profile_dirs():
         names.update(p.stem for p in folder.glob("*.yaml"))
     return sorted(names)
@@ -144,8 +144,6 @@ def load_profile(ref: str | Path) -> ExportProfile:
         file = folder / f"{name}.yaml"
         if file.is_file():
             return parse_profile(file.read_text(), str(file), name)
-    if name in BUILTIN_PROFILES:
-        return parse_profile(BUILTIN_PROFILES[name], f"<built-in {name}>", name)
     raise ExportError(f"--profile {name!r}: unknown profile; use a YAML path or one of {available_profiles()}")
 
 
@@ -280,49 +278,3 @@ def _check_side_pair(value: Any, where: str, fix: str) -> tuple[int, int]:
         raise ExportError(f"{where} is {list(value)}; sides must be multiples of {MAX_STRIDE} and at least {MIN_SIDE} "
                           f"(e.g. [512, 512])")
     return int(value[0]), int(value[1])
-
-
-#: Copies of the repository's export/*.yaml for installs without the source tree (a test keeps them identical).
-BUILTIN_PROFILES: dict[str, str] = {
-    "onnx-dynamic": """\
-# ONNX graphs with dynamic height and width, float32. The default profile.
-description: ONNX, dynamic height/width, float32
-onnx:
-  opset: 18          # torchlib's native opset: no version conversion; ONNX Runtime >= 1.14, TensorRT >= 8.6
-  shape: dynamic
-precision: fp32
-verify:
-  # Non-square, odd multiples of the level-5 stride (16): 3x5, 7x3, 5x9.
-  sizes: [[48, 80], [112, 48], [80, 144]]
-  tolerance: 1.0e-4  # max|onnx - torch| / max(1, max|torch|)
-""",
-    "onnx-tile512": """\
-# ONNX graphs fixed to 512x512 image tiles, float32: pairs with tiled stylization at --tile 512.
-# Fixed shapes let runtimes plan memory once; each graph is verified at the tile shape.
-description: ONNX, fixed 512x512 tile, float32
-onnx:
-  opset: 18
-  shape: [512, 512]
-precision: fp32
-verify:
-  tolerance: 1.0e-4
-""",
-    "trt-fp16": """\
-# TensorRT FP16 engines from FP16 ONNX graphs (float32 inputs/outputs, half-precision compute).
-# TensorRT 10 builds with the FP16 builder flag, TensorRT 11 strongly typed from the FP16 graph.
-description: TensorRT FP16, images 64x64 to 2048x2048 (optimised for 1024x1024)
-onnx:
-  opset: 18
-  shape: dynamic
-precision: fp16
-verify:
-  sizes: [[48, 80], [112, 48], [80, 144]]
-  tolerance: 1.0e-2  # half precision: about 3 significant digits
-tensorrt:
-  min: [64, 64]
-  opt: [1024, 1024]
-  max: [2048, 2048]
-  workspace_mib: 4096
-  timing_cache: true
-""",
-}
