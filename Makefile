@@ -10,9 +10,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install -q --retries 10 $(TORCH_PINS)
+	$(PY) -m pip install -q --retries 10 -e '.[dev]' $(TORCH_PINS)
 	touch $@
 
 lint: install
