@@ -7,6 +7,9 @@ done and even a 16k-pixel input costs nothing to measure.
 from __future__ import annotations
 
 import copy
+import math
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import CDCompressError
 from .models.format import CDModel, read_spec
 from .models.vgg import count_parameters
 
@@ -84,3 +88,295 @@ def format_table(rows: list[PartCost], size: tuple[int, int]) -> str:
         macs_txt = f"{r.macs / 1e9:,.3f}" if r.macs is not None else "-"
         lines.append(f"| {r.part} | {r.level} | {r.parameters:,} | {size_txt} | {macs_txt} | {r.note} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- stylization cost
+
+#: Style images for cost measurements are this square size; kept small so that the content image,
+#: not the style, sets the peak at every probed size (peak-RSS fits need the content to dominate).
+COST_STYLE_SIZE = 256
+#: Square sides are kept multiples of this (the level-5 stride), as the tiler aligns them anyway.
+SIDE_ALIGN = 16
+
+
+@dataclass
+class StylizeCost:
+    """Static cost of a multi-level stylization with one model (what ``eval cost`` reports first)."""
+
+    levels: list[int]
+    parameters: int  # unique stored parameters of the encoders and decoders the levels use
+    encoder_parameters_per_level: int  # the paper's convention: one encoder per level, summed
+    bytes_on_disk: int | None
+    size: int
+    encoder_macs: int  # encoders of all levels at size x size (the paper's GFLOPs convention)
+    macs: int  # the whole cascade: encoder and decoder per level at size x size (style not included)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _encoder_sources(model: CDModel, levels: list[int]) -> list[int]:
+    """Stored encoders that ``levels`` use: each level's own, or the deeper one it is cut from."""
+    return sorted({min(k for k in model.encoders if k >= level) for level in levels})
+
+
+def _used_modules(model: CDModel, levels: list[int]) -> list[nn.Module]:
+    return [*(model.encoders[s] for s in _encoder_sources(model, levels)), *(model.decoder(k) for k in levels)]
+
+
+def _stored_bytes(model: CDModel, model_dir: Path | None, levels: list[int]) -> int:
+    """Bytes of the used parts on disk; built-ins (no directory) are saved to a temporary one to measure."""
+    if model_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            trimmed = CDModel(model.family, dict(model.encoders), {k: model.decoders[k] for k in levels})
+            return _stored_bytes(trimmed, trimmed.save(Path(tmp) / "model"), levels)
+    sizes = _file_sizes(model_dir)
+    return sum(sizes[("encoder", s)] for s in _encoder_sources(model, levels)) + sum(sizes[("decoder", k)] for k in levels)
+
+
+def stylize_cost(model: CDModel, levels: list[int], size: int, model_dir: Path | None = None) -> StylizeCost:
+    """Parameters, bytes and MACs of a cascade over ``levels`` on a ``size`` x ``size`` content image."""
+    shape = (1, 3, size, size)
+    encoder_macs = sum(count_macs(model.encoder(k), shape) for k in levels)
+    decoder_macs = 0
+    for k in levels:
+        decoder = model.decoder(k)
+        stride = 2 ** (k - 1)
+        decoder_macs += count_macs(decoder, (1, decoder.spec.widths[-1], size // stride, size // stride))
+    return StylizeCost(
+        levels=list(levels),
+        parameters=sum(count_parameters(m) for m in _used_modules(model, list(levels))),
+        encoder_parameters_per_level=sum(count_parameters(model.encoder(k)) for k in levels),
+        bytes_on_disk=_stored_bytes(model, model_dir, list(levels)),
+        size=size,
+        encoder_macs=encoder_macs,
+        macs=encoder_macs + decoder_macs,
+    )
+
+
+# ----------------------------------------------------------------------------- measured time and memory
+
+
+@dataclass
+class RunMeasurement:
+    """One stylization in a fresh subprocess: wall time inside it and its peak RSS from the kernel."""
+
+    size: int
+    tiled: bool
+    threads: int
+    wall_s: float
+    peak_rss: int  # bytes, ru_maxrss of the child (model, inputs and the stylization)
+    base_rss: int  # bytes resident before stylizing (interpreter, torch, model, inputs)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _child_main(payload: str) -> None:
+    """Entry point of the measuring subprocess: stylize random inputs once, print one JSON line."""
+    import json
+    import resource
+    import time
+
+    from .models.registry import resolve_model
+    from .stylize import stylize
+    from .stylize.tiling import resident_bytes
+
+    args = json.loads(payload)
+    torch.set_num_threads(args["threads"])
+    model, _ = resolve_model(args["model"])
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, args["size"], args["size"], generator=gen)
+    style = torch.rand(1, 3, COST_STYLE_SIZE, COST_STYLE_SIZE, generator=gen)
+    base = resident_bytes()
+    start = time.perf_counter()
+    stylize(model, content, style, method=args["method"], levels=args["levels"], tile=args["tile"],
+            max_memory=args["max_memory"])
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    print(json.dumps({"wall_s": wall, "peak_rss": peak, "base_rss": base}))
+
+
+def measure_stylize(model_ref: str | Path, size: int, levels: list[int], *, method: str = "wct", tile: int = 0,
+                    max_memory: str | None = None, threads: int = 2, timeout: float | None = None) -> RunMeasurement:
+    """Time one stylization of a random ``size`` x ``size`` image in a fresh process (so its peak is its own).
+
+    ``model_ref`` is a model directory or built-in name (the child loads it itself); ``tile=0`` is untiled.
+    """
+    import json
+    import subprocess
+    import sys
+
+    payload = json.dumps({"model": str(model_ref), "size": size, "levels": levels, "method": method, "tile": tile,
+                          "max_memory": max_memory, "threads": threads})
+    code = "import sys; from cdcompress.cost import _child_main; _child_main(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CDCompressError(f"stylization at {size}x{size} failed in the measuring process: {tail}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return RunMeasurement(size, tile != 0, threads, data["wall_s"], data["peak_rss"], data["base_rss"])
+
+
+@dataclass
+class MaxSide:
+    """Largest square side fitting a memory budget, and how it was found."""
+
+    mode: str  # "untiled (measured fit)", "untiled (pipeline estimate)" or "tiled (pipeline plan)"
+    budget: int
+    side: int | None  # None: could not be determined
+    method: str
+    verified_peak: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_linear(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``y = a + b·x`` through ``points`` (at least two distinct x)."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        raise ValueError("need at least two distinct sizes to fit")
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - b * mx, b
+
+
+def max_untiled_side(model_ref: str | Path, levels: list[int], budget: int, probes: list[RunMeasurement], *,
+                     verify: bool = False, method: str = "wct", threads: int = 2) -> MaxSide:
+    """Predict the untiled limit from peak RSS measured at ``probes`` (peak is linear in pixels), then
+    optionally run once at the prediction to check it (bisection by full runs would take hours)."""
+    a, b = fit_linear([(float(p.size**2), float(p.peak_rss)) for p in probes])
+    sizes = ", ".join(str(p.size) for p in sorted(probes, key=lambda p: p.size))
+    if b <= 0:
+        note = f"no fit: peak RSS did not grow over {sizes} px; probe larger sizes"
+        return MaxSide("untiled (measured fit)", budget, None, note)
+    side = math.isqrt(max(0, int((budget - a) / b))) // SIDE_ALIGN * SIDE_ALIGN
+    result = MaxSide("untiled (measured fit)", budget, side, f"linear fit of measured peak RSS at {sizes} px")
+    if verify and side:
+        run = measure_stylize(model_ref, side, levels, method=method, threads=threads)
+        result.verified_peak = run.peak_rss
+        result.method += f"; verified by one run at {side} px"
+    return result
+
+
+def _bisect_side(fits: Callable[[int], bool], limit: int) -> int:
+    """Largest multiple of ``SIDE_ALIGN`` in [SIDE_ALIGN, limit] with ``fits`` true (monotone), else 0."""
+    lo, hi = 0, limit // SIDE_ALIGN
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * SIDE_ALIGN):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * SIDE_ALIGN
+
+
+def planned_max_sides(model: CDModel, levels: list[int], budget: int, *, limit: int = 1 << 18,
+                      workdir: str | Path | None = None) -> tuple[MaxSide, MaxSide]:
+    """Bisection over square sides with the stylize pipeline's own memory model.
+
+    Untiled: the pipeline's estimate of the untiled peak (what ``stylize`` uses to decide to tile).
+    Tiled: resident memory does not grow with the image (canvases live on disk), so the bound is the
+    tile plan fitting ``budget`` and the scratch files fitting the free disk of ``workdir``.
+    """
+    import shutil
+
+    from .stylize import pipeline
+    from .stylize.tiling import resident_bytes
+
+    job = pipeline._make_job(pipeline.as_backend(model), "wct", levels, 1.0, pipeline.EIG_FLOOR)
+    style_hw = (COST_STYLE_SIZE, COST_STYLE_SIZE)
+    free = shutil.disk_usage(workdir or tempfile.gettempdir()).free
+
+    def untiled_fits(side: int) -> bool:
+        return resident_bytes() + pipeline._untiled_bytes(job, side, side, style_hw) <= budget
+
+    def tiled_fits(side: int) -> bool:
+        try:
+            plan = pipeline.plan_tiling(job, side, side, style_hw, None, budget, None)
+        except CDCompressError:
+            return False
+        return plan is None or pipeline._scratch_bytes(job, plan, side, side, True) <= free
+
+    untiled = MaxSide("untiled (pipeline estimate)", budget, _bisect_side(untiled_fits, limit),
+                      "bisection on the pipeline's untiled estimate")
+    tiled = MaxSide("tiled (pipeline plan)", budget, _bisect_side(tiled_fits, limit),
+                    f"bisection: tile plan within budget and scratch within {free / 2**30:.0f} GiB free disk")
+    return untiled, tiled
+
+
+# ----------------------------------------------------------------------------- the eval cost report
+
+
+@dataclass
+class CostReport:
+    model: str
+    static: StylizeCost
+    runs: list[RunMeasurement]
+    max_sides: list[MaxSide]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "static": self.static.as_dict(), "runs": [r.as_dict() for r in self.runs],
+                "max_sides": [m.as_dict() for m in self.max_sides]}
+
+
+def cost_report(model_ref: str | Path, levels: list[int], *, size: int = 3000, time_size: int = 1024, tile: int = 512,
+                threads: int = 2, budget: int = 8 << 30, probe_sizes: tuple[int, ...] = (256, 512),
+                verify: bool = False, method: str = "wct") -> CostReport:
+    """Static cost at ``size``; wall time and peak RSS at ``time_size`` untiled and with ``tile`` (0: skip);
+    the largest square within ``budget`` from measured probes (untiled) and the pipeline's memory model."""
+    from .models.registry import resolve_model
+
+    model, model_dir = resolve_model(model_ref)
+    static = stylize_cost(model, levels, size, model_dir)
+    runs = []
+    if time_size:
+        runs.append(measure_stylize(model_ref, time_size, levels, method=method, threads=threads))
+        if tile:
+            runs.append(measure_stylize(model_ref, time_size, levels, method=method, tile=tile, threads=threads))
+    sides = []
+    probes = [p for p in runs if not p.tiled]
+    probes += [measure_stylize(model_ref, s, levels, method=method, threads=threads) for s in probe_sizes
+               if s not in {p.size for p in probes}]
+    if len({p.size for p in probes}) >= 2:
+        sides.append(max_untiled_side(model_ref, levels, budget, probes, verify=verify, method=method, threads=threads))
+    sides.extend(planned_max_sides(model, levels, budget))
+    return CostReport(str(model_ref), static, runs, sides)
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def cost_rows(report: CostReport) -> dict[str, str]:
+    """Metric name -> formatted value, in table order."""
+    s = report.static
+    rows = {
+        "levels": ",".join(map(str, s.levels)),
+        "parameters (stored encoders + decoders)": f"{s.parameters:,}",
+        "encoder parameters, one per level (paper's count)": f"{s.encoder_parameters_per_level:,}",
+        "bytes on disk (used parts)": "-" if s.bytes_on_disk is None else f"{s.bytes_on_disk:,}",
+        f"encoder GMACs, all levels @ {s.size}² (paper's 'GFLOPs')": f"{s.encoder_macs / 1e9:,.1f}",
+        f"cascade GFLOPs (2·MACs, enc+dec per level) @ {s.size}²": f"{2 * s.macs / 1e9:,.1f}",
+    }
+    for r in report.runs:
+        mode = "tiled" if r.tiled else "untiled"
+        rows[f"wall s @ {r.size}², {mode}, {r.threads} threads"] = f"{r.wall_s:.2f}"
+        rows[f"peak RSS @ {r.size}², {mode}"] = _gib(r.peak_rss)
+    for m in report.max_sides:
+        check = f" (verified peak {_gib(m.verified_peak)})" if m.verified_peak else ""
+        value = "-" if m.side is None else f"{m.side:,}{check}"
+        rows[f"max square side in {_gib(m.budget)}, {m.mode}"] = value
+    return rows
+
+
+def format_cost_table(reports: list[CostReport]) -> str:
+    """One Markdown column per model, one row per metric (rows missing for a model show '-')."""
+    tables = [cost_rows(r) for r in reports]
+    keys = list(dict.fromkeys(k for t in tables for k in t))
+    lines = ["| metric | " + " | ".join(r.model for r in reports) + " |", "|---|" + "---:|" * len(reports)]
+    lines += [f"| {k} | " + " | ".join(t.get(k, "-") for t in tables) + " |" for k in keys]
+    notes = dict.fromkeys(f"{m.mode}: {m.method}" for r in reports for m in r.max_sides)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
