@@ -184,3 +184,57 @@ def test_stage3_decoder_and_sample_grid(photos: list[Path], tmp_path: Path) -> N
     from PIL import Image
 
     assert Image.open(grid).size == (3 * 32, 2 * 32)  # input | teacher path | student path, 2 rows
+
+
+class _DivergingTask:
+    """A real one-layer task whose loss turns NaN at a chosen step."""
+
+    name = "diverge"
+
+    def __init__(self, nan_at: int) -> None:
+        self.layer = nn.Conv2d(3, 3, 1)
+        self.nan_at, self.calls = nan_at, 0
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"layer": self.layer}
+
+    def set_train(self, mode: bool) -> None:
+        self.layer.train(mode)
+
+    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        loss = torch.nn.functional.mse_loss(self.layer(batch), batch)
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return {"total": loss}
+
+    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return [batch]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(photos: list[Path], tmp_path: Path) -> None:
+    from cdcompress.distill import Trainer, TrainingError
+
+    sampler = CropSampler(photos, batch_size=2, resize=40, crop=32)
+    trainer = Trainer(_DivergingTask(nan_at=6), sampler, TrainConfig(steps=10, checkpoint_every=2), tmp_path)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 6.*diverge_step0000004\.pt"):
+        trainer.fit()
+
+
+def test_crafted_trainer_checkpoint_is_not_executed(photos: list[Path], tmp_path: Path) -> None:
+    from cdcompress.distill import Trainer
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    sampler = CropSampler(photos, batch_size=2, resize=40, crop=32)
+    first = Trainer(_DivergingTask(nan_at=-1), sampler, TrainConfig(steps=4, checkpoint_every=2), tmp_path)
+    first.fit()
+    torch.save({"stage": "diverge", "step": 6, "modules": Evil()}, tmp_path / "checkpoints" / "diverge_step0000006.pt")
+    resumed = Trainer(_DivergingTask(nan_at=-1), sampler, TrainConfig(steps=8, checkpoint_every=2), tmp_path)
+    result = resumed.fit(resume=True)
+    assert not marker.exists(), "a crafted checkpoint executed code"
+    assert result.resumed_from == 4  # the crafted file was refused, the previous good one used
