@@ -82,17 +82,17 @@ class CropSampler(Dataset):
 
     def sample(self, index: int) -> torch.Tensor:
         """The ``index``-th training crop ([1, 3, crop, crop]); skips unreadable files deterministically."""
-        for attempt in range(len(self.paths)):
-            path = self._path_for(index + attempt * 7919)
-            image = self._image(path)
+        first = self._position_for(index)
+        for offset in range(len(self.paths)):  # unreadable: the next file in a fixed order, so every file is tried
+            image = self._image(self.paths[(first + offset) % len(self.paths)])
             if image is not None:
-                return self._crop(image, _generator(self.seed, index, attempt))
+                return self._crop(image, _generator(self.seed, index, offset))
         raise DataError(f"none of the {len(self.paths)} training images could be decoded; check the data folder")
 
-    def _path_for(self, index: int) -> Path:
+    def _position_for(self, index: int) -> int:
         epoch, position = divmod(index, len(self.paths))
         order = torch.randperm(len(self.paths), generator=_generator(self.seed, epoch, -1))
-        return self.paths[int(order[position])]
+        return int(order[position])
 
     def _image(self, path: Path) -> torch.Tensor | None:
         if path in self._cache:

@@ -135,10 +135,10 @@ class _Interrupted(Exception):
 class _CrashingSampler(CropSampler):
     crash_at: int = -1
 
-    def __getitem__(self, step: int) -> torch.Tensor:
+    def shard(self, step: int, rank: int, world: int) -> torch.Tensor:
         if step == self.crash_at:
             raise _Interrupted(step)
-        return super().__getitem__(step)
+        return super().shard(step, rank, world)
 
 
 def _fresh_distiller() -> object:
