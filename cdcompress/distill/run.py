@@ -46,6 +46,7 @@ class Teacher:
     encoder: nn.Module
     decoder: nn.Module | None
     note: str
+    randomly_initialised: bool = False
 
 
 @dataclass
@@ -78,12 +79,10 @@ def _builtin_teacher(name: str, pretrained: str, level: int) -> Teacher:
     cached = torchvision_cache_file()
     if name == "vgg19" and pretrained == "auto" and cached.is_file():
         return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
-    model, _ = resolve_model(name)
-    if name == "vgg19":
-        model = teacher_architecture(levels=(level,))
+    model = teacher_architecture(levels=(level,)) if name == "vgg19" else resolve_model(name)[0]
     note = (f"RANDOMLY INITIALISED {name} (no ImageNet weights: run `cdcompress weights download vgg19` "
             "for a meaningful teacher)")
-    return Teacher(model.encoder(level), None, note)
+    return Teacher(model.encoder(level), None, note, randomly_initialised=True)
 
 
 def _imported_teacher(target: str, kwargs: dict[str, Any], level: int) -> Teacher:
@@ -244,7 +243,7 @@ class RecipeRun:
         student, teachers, distillers = CDModel(), {}, {}
         for level in self.recipe.levels:
             teacher = load_teacher(self.recipe, level)
-            if not teacher.note.startswith(("model", "released", "torchvision", "VGG-19 with", "imported")):
+            if teacher.randomly_initialised:
                 log.warning("teacher: %s", teacher.note)
             collaborator = self.collaborator(level, teacher)
             distiller = self.distill(level, teacher, collaborator)
