@@ -2,7 +2,18 @@
 
 from .adain import adain_map
 from .backend import Backend, TorchBackend
-from .pipeline import DEFAULT_LEVELS, METHODS, as_backend, stylize
+from .pipeline import (
+    DEFAULT_LEVELS,
+    METHODS,
+    StylizeJob,
+    TilingPlan,
+    as_backend,
+    make_job,
+    plan_tiling,
+    scratch_bytes,
+    stylize,
+    untiled_bytes,
+)
 from .tiling import LevelGeometry, level_geometry, parse_memory
 from .wct import AffineMap, FeatureStats, wct_map
 
@@ -13,11 +24,17 @@ __all__ = [
     "Backend",
     "FeatureStats",
     "LevelGeometry",
+    "StylizeJob",
+    "TilingPlan",
     "TorchBackend",
     "adain_map",
     "as_backend",
     "level_geometry",
+    "make_job",
     "parse_memory",
+    "plan_tiling",
+    "scratch_bytes",
     "stylize",
+    "untiled_bytes",
     "wct_map",
 ]

@@ -115,7 +115,8 @@ def read_padded(canvas: Canvas, rows: tuple[int, int], cols: tuple[int, int]) ->
 
 
 def to_nchw(window: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
+    """``[1, 3, h, w]`` view of an HWC window (channels-last strides: no transposing copy)."""
+    return torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)[None]
 
 
 def to_hwc(tensor: torch.Tensor) -> np.ndarray:

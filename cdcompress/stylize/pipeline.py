@@ -92,8 +92,8 @@ def as_backend(model: CDModel | Backend | str | Path) -> Backend:
 
 
 @dataclass
-class _Job:
-    """Resolved settings shared by every level."""
+class StylizeJob:
+    """Resolved settings shared by every level (build it with :func:`make_job`)."""
 
     backend: Backend
     method: str
@@ -112,7 +112,11 @@ class _Job:
         return wct_map(content, style, self.alpha, self.eig_floor)
 
 
-def _make_job(backend: Backend, method: str, levels: Sequence[int] | None, alpha: float, eig_floor: float) -> _Job:
+def make_job(backend: Backend, method: str, levels: Sequence[int] | None, alpha: float,
+             eig_floor: float = EIG_FLOOR) -> StylizeJob:
+    """Validate the stylization settings against ``backend`` once, before any pixel is read.
+
+    The job is what planning (:func:`plan_tiling`, :func:`untiled_bytes`) and cost estimates need."""
     if method not in METHODS:
         raise CDCompressError(f"method {method!r} is not supported; use one of {', '.join(METHODS)}")
     levels = tuple(levels) if levels else DEFAULT_LEVELS[method]
@@ -130,10 +134,10 @@ def _make_job(backend: Backend, method: str, levels: Sequence[int] | None, alpha
     for level in levels:
         specs = backend_specs(backend, level)
         geometries[level] = level_geometry(*specs) if specs else None
-    return _Job(backend, method, levels, float(alpha), eig_floor, geometries)
+    return StylizeJob(backend, method, levels, float(alpha), eig_floor, geometries)
 
 
-def _check_size(job: _Job, height: int, width: int, what: str) -> None:
+def _check_size(job: StylizeJob, height: int, width: int, what: str) -> None:
     need = 2 * max(job.stride(k) for k in job.levels)
     if min(height, width) < need:
         raise ImageError(
@@ -148,6 +152,11 @@ def _as_image_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
     if image.dim() != 4 or image.shape[:2] != (1, 3):
         raise ImageError(f"{what} tensor has shape {tuple(image.shape)}; expected [1, 3, H, W] RGB in [0, 1]")
     return image.detach().float().cpu().contiguous()
+
+
+def _describe(image: ImageInput, role: str) -> str:
+    """``role`` plus the file name when the image came from a file, so errors say which file."""
+    return f"{role} {image}" if isinstance(image, str | Path) else role
 
 
 def _load_style(style: ImageInput, style_size: int | None) -> torch.Tensor:
@@ -171,11 +180,11 @@ def _pad_to_stride(image: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(image, (0, pw, 0, ph), mode="reflect") if ph or pw else image
 
 
-def _style_stats_untiled(job: _Job, level: int, style: torch.Tensor) -> FeatureStats:
+def _style_stats_untiled(job: StylizeJob, level: int, style: torch.Tensor) -> FeatureStats:
     return FeatureStats.of(job.backend.encode(level, _pad_to_stride(style, job.stride(level))))
 
 
-def _level_untiled(job: _Job, level: int, image: torch.Tensor, style_stats: FeatureStats) -> torch.Tensor:
+def _level_untiled(job: StylizeJob, level: int, image: torch.Tensor, style_stats: FeatureStats) -> torch.Tensor:
     h, w = image.shape[-2:]
     features = job.backend.encode(level, _pad_to_stride(image, job.stride(level)))
     mapping = job.transform(FeatureStats.of(features), style_stats)
@@ -183,7 +192,7 @@ def _level_untiled(job: _Job, level: int, image: torch.Tensor, style_stats: Feat
     return job.backend.decode(level, features)[..., :h, :w]
 
 
-def stylize_untiled(job: _Job, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+def stylize_untiled(job: StylizeJob, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     """The reference computation on whole tensors (unclamped result)."""
     image = content
     for level in job.levels:
@@ -214,7 +223,7 @@ def _core_slices(tile: Tile, stride: int) -> tuple[slice, slice]:
     return slice((r0 - wr0) // stride, (r1 - wr0) // stride), slice((c0 - wc0) // stride, (c1 - wc0) // stride)
 
 
-def _accumulate(job: _Job, level: int, source: Canvas, tile: int, cache: DiskCanvas | None, bar: tqdm) -> FeatureStats:
+def _accumulate(job: StylizeJob, level: int, source: Canvas, tile: int, cache: DiskCanvas | None, bar: tqdm) -> FeatureStats:
     """Pass 1: encoder over haloed tiles; core features feed the statistics (and the cache)."""
     geo = _geometry(job, level)
     s = geo.stride
@@ -240,7 +249,7 @@ def _write_core(target: Canvas, tile: Tile, decoded: torch.Tensor) -> None:
     target.write(r0, c0, core.permute(1, 2, 0).numpy())
 
 
-def _level_tiled(job: _Job, level: int, source: Canvas, target: Canvas, style_stats: FeatureStats,
+def _level_tiled(job: StylizeJob, level: int, source: Canvas, target: Canvas, style_stats: FeatureStats,
                  plan: TilingPlan, scratch: Path, bar: tqdm) -> None:
     geo = _geometry(job, level)
     s, tile = geo.stride, plan.tiles[level]
@@ -264,7 +273,7 @@ def _level_tiled(job: _Job, level: int, source: Canvas, target: Canvas, style_st
         bar.update()
 
 
-def _geometry(job: _Job, level: int) -> LevelGeometry:
+def _geometry(job: StylizeJob, level: int) -> LevelGeometry:
     geo = job.geometries.get(level)
     if geo is None:
         raise CDCompressError(
@@ -274,7 +283,7 @@ def _geometry(job: _Job, level: int) -> LevelGeometry:
     return geo
 
 
-def _tile_count(job: _Job, plan: TilingPlan, height: int, width: int, style_hw: tuple[int, int]) -> int:
+def _tile_count(job: StylizeJob, plan: TilingPlan, height: int, width: int, style_hw: tuple[int, int]) -> int:
     total = 0
     for level in job.levels:
         geo = _geometry(job, level)
@@ -286,7 +295,8 @@ def _tile_count(job: _Job, plan: TilingPlan, height: int, width: int, style_hw: 
     return total
 
 
-def _scratch_bytes(job: _Job, plan: TilingPlan, height: int, width: int, content_on_disk: bool) -> int:
+def scratch_bytes(job: StylizeJob, plan: TilingPlan, height: int, width: int, content_on_disk: bool) -> int:
+    """Disk a tiled run needs in ``workdir``: image canvases plus the largest cached feature map."""
     images = (3 if content_on_disk else 2) * height * width * 12
     cached = [
         align_up(height, g.stride) * align_up(width, g.stride) * g.feature_bytes_per_pixel
@@ -295,7 +305,7 @@ def _scratch_bytes(job: _Job, plan: TilingPlan, height: int, width: int, content
     return int(images + max(cached, default=0))
 
 
-def stylize_tiled(job: _Job, content: Canvas, style: torch.Tensor, plan: TilingPlan, scratch: Path,
+def stylize_tiled(job: StylizeJob, content: Canvas, style: torch.Tensor, plan: TilingPlan, scratch: Path,
                   progress: bool) -> Canvas:
     """Run every level tile by tile; returns the (unclamped) result canvas inside ``scratch``."""
     height, width = content.shape[:2]
@@ -318,7 +328,7 @@ def stylize_tiled(job: _Job, content: Canvas, style: torch.Tensor, plan: TilingP
 # ----------------------------------------------------------------------------- planning
 
 
-def _untiled_bytes(job: _Job, height: int, width: int, style_hw: tuple[int, int]) -> float:
+def untiled_bytes(job: StylizeJob, height: int, width: int, style_hw: tuple[int, int]) -> float:
     """Estimated peak of the untiled computation on top of the current resident size."""
     work = 0.0
     for level in job.levels:
@@ -329,7 +339,7 @@ def _untiled_bytes(job: _Job, height: int, width: int, style_hw: tuple[int, int]
     return work + 4 * 12 * height * width + MEMORY_HEADROOM
 
 
-def plan_tiling(job: _Job, height: int, width: int, style_hw: tuple[int, int], tile: int | None,
+def plan_tiling(job: StylizeJob, height: int, width: int, style_hw: tuple[int, int], tile: int | None,
                 max_memory: int | str | None, cache_features: bool | None) -> TilingPlan | None:
     """``None`` for the untiled computation, else tile sizes per level (from ``tile`` or the budget)."""
     if tile == 0:
@@ -341,7 +351,7 @@ def plan_tiling(job: _Job, height: int, width: int, style_hw: tuple[int, int], t
     if tile is None:
         if all(job.geometries[k] is None for k in job.levels):
             return None  # nothing to plan with: untiled, as the backend cannot be tiled anyway
-        if resident_bytes() + _untiled_bytes(job, height, width, style_hw) <= budget:
+        if resident_bytes() + untiled_bytes(job, height, width, style_hw) <= budget:
             return None
         geos = {k: _geometry(job, k) for k in job.levels}
     cache = {
@@ -481,15 +491,15 @@ def stylize(
     out_path, grid_path = _check_output_path(out, "out"), _check_output_path(grid, "grid")
     with torch.inference_mode():
         backend = as_backend(model)
-        job = _make_job(backend, str(method), levels, alpha, eig_floor)
+        job = make_job(backend, str(method), levels, alpha, eig_floor)
         style_t = _load_style(style, style_size)
-        _check_size(job, *style_t.shape[-2:], "style image")
+        _check_size(job, *style_t.shape[-2:], _describe(style, "style image"))
         if isinstance(content, torch.Tensor):
             content = _as_image_tensor(content, "content")
             height, width = content.shape[-2:]
         else:
             height, width = image_size(content)
-        _check_size(job, height, width, "content image")
+        _check_size(job, height, width, _describe(content, "content image"))
         plan = plan_tiling(job, height, width, tuple(style_t.shape[-2:]), tile, max_memory, cache_features)
         if progress:
             mode = plan.describe() if plan else "untiled"
@@ -511,7 +521,7 @@ def _finish(content: Canvas, style: torch.Tensor, result: Canvas, out: Path | No
     return _finished_tensor(result, content, preserve_color)
 
 
-def _stylize_tiled_files(job: _Job, content: torch.Tensor | str | Path, size: tuple[int, int], style: torch.Tensor,
+def _stylize_tiled_files(job: StylizeJob, content: torch.Tensor | str | Path, size: tuple[int, int], style: torch.Tensor,
                          plan: TilingPlan,
                          workdir: str | Path | None, out: Path | None, grid: Path | None, preserve_color: bool,
                          progress: bool) -> torch.Tensor | Path:
@@ -520,7 +530,7 @@ def _stylize_tiled_files(job: _Job, content: torch.Tensor | str | Path, size: tu
     with tempfile.TemporaryDirectory(prefix="cdcompress-stylize-", dir=workdir) as tmp:
         scratch = Path(tmp)
         on_disk = not isinstance(content, torch.Tensor)
-        need, free = _scratch_bytes(job, plan, *size, on_disk), shutil.disk_usage(scratch).free
+        need, free = scratch_bytes(job, plan, *size, on_disk), shutil.disk_usage(scratch).free
         if need > free:
             raise CDCompressError(
                 f"tiled stylization needs about {format_bytes(need)} of scratch space in {scratch.parent}, "

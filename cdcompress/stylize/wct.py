@@ -45,16 +45,16 @@ class FeatureStats:
         """Add every pixel of a ``[1, C, h, w]`` / ``[C, h, w]`` feature map."""
         if features.shape[-3] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {features.shape[-3]}")
-        flat = features.reshape(self.channels, -1)
+        flat = pixel_rows(features)
         step = max(1, _CHUNK_BYTES // (8 * self.channels))
-        for start in range(0, flat.shape[1], step):
-            chunk = flat[:, start : start + step].double()
+        for start in range(0, flat.shape[0], step):
+            chunk = flat[start : start + step].double()
             if self.shift is None:
-                self.shift = chunk.mean(dim=1)
-            chunk = chunk - self.shift[:, None]
-            self.count += chunk.shape[1]
-            self.total += chunk.sum(dim=1)
-            self.gram += chunk @ chunk.T
+                self.shift = chunk.mean(dim=0)
+            chunk = chunk - self.shift
+            self.count += chunk.shape[0]
+            self.total += chunk.sum(dim=0)
+            self.gram += chunk.T @ chunk
 
     def mean(self) -> torch.Tensor:
         self._require_pixels(1)
@@ -88,11 +88,21 @@ class AffineMap:
         return cls(torch.eye(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64))
 
     def apply(self, features: torch.Tensor) -> torch.Tensor:
-        """Map a ``[1, C, h, w]`` float32 feature map; the result does not depend on the tiling."""
+        """Map a ``[1, C, h, w]`` float32 feature map; the result does not depend on the tiling.
+
+        Works on pixel rows, so channels-last maps are transformed without a layout copy and the
+        result keeps that layout (which the next decoder wants).
+        """
         n, c, h, w = features.shape
-        flat = features.reshape(n, c, h * w)
-        out = torch.matmul(self.matrix.to(features.dtype), flat) + self.bias.to(features.dtype)[:, None]
-        return out.reshape(n, c, h, w)
+        rows = pixel_rows(features)
+        out = torch.addmm(self.bias.to(features.dtype), rows, self.matrix.T.to(features.dtype))
+        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def pixel_rows(features: torch.Tensor) -> torch.Tensor:
+    """``[..., C, h, w]`` as ``[pixels, C]``: a view for channels-last maps, a copy otherwise."""
+    channels = features.shape[-3]
+    return features.reshape(-1, *features.shape[-3:]).permute(0, 2, 3, 1).reshape(-1, channels)
 
 
 def blend(transform: torch.Tensor, shift: torch.Tensor, alpha: float) -> AffineMap:
