@@ -25,6 +25,10 @@ from .images import list_images, load_image
 log = logging.getLogger(__name__)
 
 
+MIN_TRAIN_SIDE = 32
+"""Shorter sides below this are skipped: upscaling a thumbnail to the crop size teaches nothing but blur."""
+
+
 class DataError(CDCompressError):
     """A dataset that cannot provide training batches."""
 
@@ -56,6 +60,7 @@ class CropSampler(Dataset):
     flip: bool = True
     seed: int = 0
     cache_size: int = 64
+    min_side: int = MIN_TRAIN_SIDE
     skipped: dict[str, str] = field(default_factory=dict, init=False)
     _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
@@ -101,10 +106,14 @@ class CropSampler(Dataset):
         if str(path) in self.skipped:
             return None
         try:
-            image = resize_shorter(load_image(path), self.resize)
+            image = load_image(path)
+            height, width = image.shape[-2:]
+            if min(height, width) < self.min_side:
+                raise ImageError(f"{path}: {width}x{height} is too small to train on (at least {self.min_side} px per side)")
+            image = resize_shorter(image, self.resize)
         except ImageError as exc:
             self.skipped[str(path)] = str(exc)
-            log.warning("skipping unreadable training image: %s", exc)
+            log.warning("skipping training image: %s", exc)
             return None
         self._cache[path] = image
         if len(self._cache) > self.cache_size:

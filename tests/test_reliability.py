@@ -95,19 +95,3 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     newest.write_bytes(newest.read_bytes()[:1000])
     out = finish(cli("distill", "--recipe", recipe, "--out", run, "--resume"))
     assert "unreadable" in out and "trying the previous one" in out
-
-
-def test_unreadable_training_images_are_skipped_and_reported(tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    from cdcompress.data import skimage_photos
-
-    for path in skimage_photos(tmp_path / "good")[:3]:
-        (photos / path.name).write_bytes(path.read_bytes())
-    (photos / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
-    (photos / "empty.png").write_bytes(b"")
-    recipe = write_recipe(tmp_path, steps=2).read_text().replace("train: [skimage]", f"train: [{photos}]")
-    (tmp_path / "r.yaml").write_text(recipe)
-    finish(cli("distill", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "run"))
-    report = (tmp_path / "run" / "report.md").read_text()
-    assert "skipped 2 unreadable training image" in report and "truncated.jpg" in report and "empty.png" in report

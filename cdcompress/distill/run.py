@@ -262,7 +262,7 @@ class RecipeRun:
             save(student, self.run_dir / "student", overwrite=True)
         skipped = {path: why for sampler in self.samplers for path, why in sampler.skipped.items()}
         if skipped:
-            self.notes.append(f"skipped {len(skipped)} unreadable training image(s): {', '.join(sorted(skipped))[:300]}")
+            self.notes.append(_skip_summary(skipped))
         report: dict[str, Any] = {}
         if distributed.is_main():
             from .report import write_outputs
@@ -270,6 +270,13 @@ class RecipeRun:
             report = write_outputs(self, student, teachers, distillers)
         distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+def _skip_summary(skipped: dict[str, str], shown: int = 20) -> str:
+    """One note naming each skipped file and why (the reasons already start with the path)."""
+    reasons = [skipped[path] for path in sorted(skipped)]
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    return f"skipped {len(reasons)} training image(s) that could not be used: {'; '.join(reasons[:shown])}{more}"
 
 
 def _lambda(stage: StageSpec, recipe: Recipe) -> float:
