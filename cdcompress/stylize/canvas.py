@@ -116,7 +116,8 @@ def read_padded(canvas: Canvas, rows: tuple[int, int], cols: tuple[int, int]) ->
 
 def to_nchw(window: np.ndarray) -> torch.Tensor:
     """``[1, 3, h, w]`` view of an HWC window (channels-last strides: no transposing copy)."""
-    return torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)[None]
+    # Add the batch axis before permuting: its stride must be h*w*c, or oneDNN does not see NHWC.
+    return torch.from_numpy(np.ascontiguousarray(window))[None].permute(0, 3, 1, 2)
 
 
 def to_hwc(tensor: torch.Tensor) -> np.ndarray:
