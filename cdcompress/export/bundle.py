@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
+from ..models.format import SPEC_FILE, CDModel, read_format_json, read_spec, sha256_file
 from .errors import ExportError
 from .onnx import (
     ROLES,
@@ -236,17 +236,11 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Parse and check a bundle's manifest; with ``verify`` every listed file's SHA-256 is compared."""
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ExportError(f"{path}: not an export bundle (no {MANIFEST_FILE}); create one with `cdcompress export MODEL`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{manifest_path}: invalid JSON ({exc}); re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise ExportError(f"{manifest_path}: not a {BUNDLE_FORMAT} manifest; re-export the bundle")
-    if manifest.get("format_version") != BUNDLE_VERSION:
-        raise ExportError(f"{manifest_path}: bundle format version {manifest.get('format_version')!r} is not supported "
-                          f"(this cdcompress reads {BUNDLE_VERSION}); re-export with this version")
+    manifest = read_format_json(
+        manifest_path, what="an export bundle", format_name=BUNDLE_FORMAT, version=BUNDLE_VERSION, error=ExportError,
+        missing="create one with `cdcompress export MODEL`", fix="re-export the bundle",
+        upgrade="re-export with this version",
+    )
     for key in ("levels", "parts", "files", "shape"):
         if key not in manifest:
             raise ExportError(f"{manifest_path}: missing '{key}'; re-export the bundle")

@@ -163,25 +163,36 @@ def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def read_format_json(
+    file: Path, *, what: str, format_name: str, version: int, error: type[Exception], missing: str, fix: str, upgrade: str
+) -> dict[str, Any]:
+    """Parse a versioned JSON document (model spec, export manifest) with one-line errors naming the fix.
+
+    ``what`` names the missing thing, ``missing`` is the fix when the file is absent, ``fix`` when it is
+    malformed and ``upgrade`` when its ``format_version`` is not ``version``."""
+    if not file.is_file():
+        raise error(f"{file.parent}: not {what} (no {file.name}); {missing}")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file}: invalid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise error(f"{file}: not a {format_name} file; {fix}")
+    if data.get("format_version") != version:
+        raise error(f"{file}: format version {data.get('format_version')!r} is not supported "
+                    f"(this cdcompress reads {version}); {upgrade}")
+    return data
+
+
 def read_spec(path: str | Path) -> dict[str, Any]:
     """Parse and sanity-check ``model.json`` of a model directory."""
     path = Path(path)
     spec_path = path / SPEC_FILE if path.is_dir() else path
-    if not spec_path.is_file():
-        raise ModelFormatError(
-            f"{path}: not a cdcompress model directory (no {SPEC_FILE}); create one with `cdcompress convert`"
-        )
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{spec_path}: invalid JSON ({exc}); restore or re-create the model") from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
-        raise ModelFormatError(f"{spec_path}: not a {FORMAT_NAME} spec; create one with `cdcompress convert`")
-    if spec.get("format_version") != FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{spec_path}: format version {spec.get('format_version')!r} is not supported "
-            f"(this cdcompress reads {FORMAT_VERSION}); upgrade cdcompress"
-        )
+    spec = read_format_json(
+        spec_path, what="a cdcompress model directory", format_name=FORMAT_NAME,
+        version=FORMAT_VERSION, error=ModelFormatError, missing="create one with `cdcompress convert`",
+        fix="restore or re-create the model", upgrade="upgrade cdcompress",
+    )
     if spec.get("family") not in FAMILIES:
         raise ModelFormatError(f"{spec_path}: unknown model family {spec.get('family')!r}; known: {sorted(FAMILIES)}")
     if not isinstance(spec.get("parts"), list):
