@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
                                        model.decoder(level)(model.encoder(level)(x)), rtol=0, atol=0)
     with pytest.raises(ModelFormatError, match="already exists"):
         save(model, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask  # not the staging folder's private 0700
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging leftovers
+
+
+def test_failed_save_leaves_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    path = save(student_architecture(0.125, levels=(2,)), tmp_path / "m")
+    before = sorted((p.name, p.read_bytes()) for p in path.iterdir())
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cdcompress.models.format.save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save(student_architecture(0.25, levels=(2,)), path, overwrite=True)
+    assert sorted((p.name, p.read_bytes()) for p in path.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
 def test_corrupt_model_directory_is_detected(tmp_path: Path) -> None:

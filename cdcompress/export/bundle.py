@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
-import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -26,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import staged_directory, write_json
 from ..models.format import SPEC_FILE, CDModel, read_format_json, read_spec, sha256_file
 from .errors import ExportError
 from .onnx import (
@@ -76,9 +73,7 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile, level
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     parts = [Part(role, k, _module(model, role, k).spec.out_channels) for k in levels for role in ROLES]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         entries, rows = _export_graphs(model, parts, staging, profile, progress)
         echo(format_parity_table(rows))
         check_parity(rows)
@@ -88,14 +83,7 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile, level
 
             engines = build_engines(trt, staging, parts, profile, progress)
         manifest = _manifest(model, model_ref, model_dir, profile, levels, entries, rows, engines, staging)
-        _write_json(staging / MANIFEST_FILE, manifest)
-        _make_readable(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / MANIFEST_FILE, manifest)
     return ExportResult(out, manifest, rows)
 
 
@@ -216,20 +204,6 @@ def _manifest(model: CDModel, model_ref: str, model_dir: Path | None, profile: E
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_FILE},
     }
-
-
-def _make_readable(directory: Path) -> None:
-    """``mkdtemp`` creates 0700; give the final bundle the permissions a plain ``mkdir`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write then rename, so a reader never sees half a manifest."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:

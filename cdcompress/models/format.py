@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..atomic import staged_directory, write_json
 from ..embed import EmbeddingBranches
 from ..errors import CheckpointError, ModelFormatError
 from .checkpoint import load_weights, read_state_dict
@@ -135,9 +133,7 @@ def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise ModelFormatError(f"{path} already exists; choose another --out or pass overwrite/--force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_directory(path) as staging:
         parts = []
         for entry, module in _part_entries(model):
             state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
@@ -153,13 +149,7 @@ def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
             **{k: v for k, v in model.meta.items() if k not in {"format", "format_version", "family", "parts"}},
             "parts": parts,
         }
-        (staging / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / SPEC_FILE, spec)
     return path
 
 
