@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--max-memory", default="8GiB")
     parser.add_argument("--probe-sizes", default="512", help="extra untiled sizes for the peak-RSS fit")
     parser.add_argument("--verify", action="store_true", help="run once at each predicted untiled limit")
+    parser.add_argument("--repeats", type=int, default=3, help="timed stylizations per run, fastest kept")
     parser.add_argument("--quick", action="store_true", help="--time-size 512 --tile 0 --probe-sizes 384")
     args = parser.parse_args()
     if args.quick:
@@ -76,7 +77,7 @@ def main() -> None:
         student = student_ref(args.student, Path(tmp))
         reports = [cost_report(ref, LEVELS, size=args.size, time_size=args.time_size, tile=args.tile,
                                threads=args.threads, budget=parse_memory(args.max_memory), probe_sizes=probes,
-                               verify=args.verify) for ref in (args.teacher, student)]
+                               verify=args.verify, repeats=args.repeats) for ref in (args.teacher, student)]
     reports[1].model = "16x student" if student != "vgg19-x0.25" else student
     reports[0].model = f"teacher {args.teacher}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

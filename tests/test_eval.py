@@ -132,8 +132,9 @@ def test_teacher_cost_matches_paper_table3() -> None:
 
 
 def test_measured_run_and_max_side(tmp_path: Path) -> None:
-    m = measure_stylize("vgg19-x0.25", 64, [2, 1], threads=1)
+    m = measure_stylize("vgg19-x0.25", 64, [2, 1], threads=1, repeats=2)
     assert m.wall_s > 0 and m.peak_rss >= m.base_rss > 0 and not m.tiled
+    assert len(m.walls) == 2 and m.wall_s == min(m.walls)
     # synthetic probes on an exact line: 100 MB + 1 kB per pixel -> side sqrt((budget - 100MB) / 1kB)
     probes = [RunMeasurement(s, False, 1, 1.0, 100_000_000 + 1000 * s * s, 0) for s in (256, 512, 1024)]
     assert fit_linear([(float(p.size**2), float(p.peak_rss)) for p in probes]) == pytest.approx((1e8, 1000.0))

@@ -89,9 +89,11 @@ def style(model: str, content_dir: Path, style_dir: Path, eval_encoder: str, met
               help="Extra untiled sizes whose peak RSS is fitted (linear in pixels) to predict the untiled limit; "
                    "empty to skip.")
 @click.option("--verify", is_flag=True, help="Run once at the predicted untiled limit to check it (slow).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Timed stylizations per measured run; the fastest is reported (steadier on shared machines).")
 @_json_option
 def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads: int, max_memory: str,
-         probe_sizes: str, verify: bool, json_path: Path | None) -> None:
+         probe_sizes: str, verify: bool, repeats: int, json_path: Path | None) -> None:
     """Parameters, bytes, MACs, wall time, peak memory and the largest square within --max-memory."""
     from ..cost import cost_report, format_cost_table
     from ..errors import CDCompressError
@@ -103,6 +105,7 @@ def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads:
         raise CDCompressError(f"--probe-sizes {probe_sizes!r}: expected comma-separated sides such as 256,512") from None
     resolve_model(model)  # fail fast, before any subprocess, on a bad reference
     report = cost_report(model, list(parse_levels(levels)), size=size, time_size=time_size, tile=tile,
-                         threads=threads, budget=parse_memory(max_memory), probe_sizes=probes, verify=verify)
+                         threads=threads, budget=parse_memory(max_memory), probe_sizes=probes, verify=verify,
+                         repeats=repeats)
     click.echo(format_cost_table([report]))
     _write_json(json_path, report.as_dict())
