@@ -8,7 +8,9 @@ and counted when training and refused with one line when stylizing.
 from __future__ import annotations
 
 import io
+import signal
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -149,3 +151,22 @@ def test_stylize_accepts_every_decodable_mode(released_model_dir: Path, corpus: 
         with Image.open(corpus / name) as source, Image.open(out) as result:
             upright = source.size[::-1] if "exif" in name else source.size
             assert result.mode == "RGB" and result.size == upright
+
+
+def test_sigterm_during_tiled_stylize_removes_scratch_files(released_model_dir: Path, corpus: Path,
+                                                           tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.fromarray(np.tile(_photo(), (12, 12, 1))).save(big)  # 768 x 768
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = cli("stylize", "--model", released_model_dir, "--content", big, "--style", corpus / "gray.png",
+               "--tile", "64", "--workdir", scratch, "--out", tmp_path / "out.png")
+    deadline = time.monotonic() + 120
+    while not any(scratch.glob("cdcompress-stylize-*/image0.f32")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the tiled run never started"
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "out.png").exists()
