@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     model = load(args.model)
     levels = tuple(int(k) for k in args.levels.split(","))
     tile: int | None = 0 if args.tile == "0" else None if args.tile == "auto" else int(args.tile)
-    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0, 1e-5)
+    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0)
     size = pipeline.image_size(args.content)
     if tile is None and pipeline.plan_tiling(job, *size, (512, 512), None, args.max_memory, None) is None:
         # The budget fits this image untiled; force tiles of the size the budget gives huge images.

@@ -30,7 +30,8 @@ def staged_directory(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write then rename, so a reader never sees half a document."""
+    """Write then rename, so a reader never sees half a document (the folder is created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)

@@ -292,7 +292,7 @@ def planned_max_sides(model: CDModel, levels: list[int], budget: int, *, limit: 
     from .stylize import pipeline
     from .stylize.tiling import resident_bytes
 
-    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0, pipeline.EIG_FLOOR)
+    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0)
     style_hw = (COST_STYLE_SIZE, COST_STYLE_SIZE)
     free = shutil.disk_usage(workdir or tempfile.gettempdir()).free
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import signal
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 from PIL import Image
 from test_cli_foundation import assert_one_line_error, run
 from test_reliability import cli, finish, write_recipe
+from test_tiling import _png_header_only
 
 from cdcompress.data import CropSampler
 from cdcompress.errors import ImageError
@@ -27,16 +26,6 @@ from cdcompress.images import load_image
 SIDE = 64
 UNUSABLE = ("truncated.jpg", "empty.png", "not_an_image.jpg", "one_pixel.png", "over_limit.png")
 DECODABLE = ("gray.png", "palette.png", "rgba.png", "sixteen_bit.png", "cmyk.jpg", "exif_rotated.jpg")
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _header_only_png(width: int, height: int) -> bytes:
-    """A valid PNG header announcing ``width`` x ``height`` with (almost) no pixel data: a cheap decompression bomb."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0")) + _chunk(b"IEND", b"")
 
 
 def _photo() -> np.ndarray:
@@ -71,7 +60,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "empty.png").write_bytes(b"")
     (folder / "not_an_image.jpg").write_text("name: this is a recipe, not a photo\n")
     Image.new("RGB", (1, 1), (10, 20, 30)).save(folder / "one_pixel.png")
-    (folder / "over_limit.png").write_bytes(_header_only_png(40000, 40000))  # 1.6 Gpx > the 1.07 Gpx bound
+    _png_header_only(folder / "over_limit.png", 40000, 40000)  # 1.6 Gpx > the 1.07 Gpx bound: a cheap bomb
     return folder
 
 

@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli_foundation import assert_one_line_error, run
+from test_format_and_convert import _RunsCode
 
 from cdcompress.models import save
 from cdcompress.models.format import SPEC_FILE, sha256_file
 from cdcompress.models.registry import resolve_model
-
-
-class _RunsCode:
-    """Unpickling this touches ``marker``: proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def _craft(path: Path, marker: Path) -> Path:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from ..atomic import write_json
 from ..evaluate import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE, format_recon_table, reconstruction
 from ..models.registry import resolve_model
 from .main import main
@@ -20,8 +20,7 @@ def eval_group() -> None:
 
 def _write_json(path: Path | None, data: object) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_json(path, data)
 
 
 _json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from ..atomic import write_json
 from ..cost import format_table, model_costs
 from ..models.converters import RELEASE_VARIANTS, convert_cd_release, convert_torchvision
 from ..models.format import save
@@ -32,8 +32,7 @@ def inspect(model: str, size: tuple[int, int], json_path: Path | None) -> None:
     click.echo(f"# {name}\n")
     click.echo(format_table(rows, tuple(size)))
     if json_path is not None:
-        json_path.write_text(json.dumps({"model": name, "size": list(size), "parts": [r.as_dict() for r in rows]},
-                                        indent=2) + "\n")
+        write_json(json_path, {"model": name, "size": list(size), "parts": [r.as_dict() for r in rows]})
 
 
 inspect.help = (inspect.help or "") + f"\n\n{BUILTIN_HELP}"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_json
 from ..images import save_image
 from ..metrics import psnr, ssim
 from ..models.format import CDModel
@@ -137,7 +138,7 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
         "notes": run.notes,
         "files": {"comparison": comparison.name if comparison else None, "loss": loss_png.name if loss_png else None},
     }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(run_dir / "report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report))
     return report
 
