@@ -2,7 +2,7 @@
 
 from .converters import convert_cd_release, convert_torchvision, student_architecture, teacher_architecture
 from .format import CDModel, load, save
-from .vgg import VGG19_WIDTHS, VGGDecoder, VGGEncoder, VGGSpec, conv_names, level_taps
+from .vgg import VGG19_WIDTHS, VGGDecoder, VGGEncoder, VGGSpec, conv_names, fused_inference, level_taps
 
 __all__ = [
     "CDModel",
@@ -13,6 +13,7 @@ __all__ = [
     "conv_names",
     "convert_cd_release",
     "convert_torchvision",
+    "fused_inference",
     "level_taps",
     "load",
     "save",

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..models.format import CDModel
+from ..models.vgg import fused_inference
 
 
 @runtime_checkable
@@ -34,6 +35,7 @@ class TorchBackend:
     level-5 encoder at 1024²), while wide teachers are unaffected. Only the inputs are converted
     (convolutions propagate the layout; the model's own weights are left as they are). Results
     keep that layout (logical NCHW shape either way); the WCT map and the canvases read any strides.
+    Forwards run under :func:`~cdcompress.models.vgg.fused_inference` (same numbers, no padded copies).
     """
 
     def __init__(self, model: CDModel, device: str | torch.device = "cpu", channels_last: bool = True) -> None:
@@ -48,7 +50,8 @@ class TorchBackend:
     def _run(self, module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
         inputs = tensor.to(self.device)
         inputs = _nhwc(inputs) if self.memory_format == torch.channels_last else inputs.contiguous()
-        return module(inputs).cpu()
+        with fused_inference():
+            return module(inputs).cpu()
 
     @torch.inference_mode()
     def encode(self, level: int, image: torch.Tensor) -> torch.Tensor:

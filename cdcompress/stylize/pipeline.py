@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..allocator import retained_heap
 from ..errors import CDCompressError, ImageError, ModelFormatError
 from ..images import load_image
 from ..models.format import CDModel
@@ -507,7 +508,8 @@ def stylize(
             tqdm.write(f"stylize: {width}x{height}, {job.method} levels {levels_text}, {mode}", file=sys.stderr)
         if plan is None:
             content_t = content if isinstance(content, torch.Tensor) else load_image(content)
-            result: Canvas = MemoryCanvas.from_tensor(stylize_untiled(job, content_t, style_t))
+            with retained_heap():  # untiled only: tiled runs must keep to their memory budget
+                result: Canvas = MemoryCanvas.from_tensor(stylize_untiled(job, content_t, style_t))
             return _finish(MemoryCanvas.from_tensor(content_t), style_t, result, out_path, grid_path, preserve_color)
         return _stylize_tiled_files(job, content, (height, width), style_t, plan, workdir, out_path, grid_path,
                                     preserve_color, progress)
