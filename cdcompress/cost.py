@@ -173,6 +173,13 @@ class RunMeasurement:
         return asdict(self)
 
 
+def _random_inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded random content (``size``²) and style every cost measurement stylizes."""
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, size, size, generator=gen)
+    return content, torch.rand(1, 3, COST_STYLE_SIZE, COST_STYLE_SIZE, generator=gen)
+
+
 def _child_main(payload: str) -> None:
     """Entry point of the measuring subprocess: stylize random inputs once, print one JSON line."""
     import json
@@ -186,9 +193,7 @@ def _child_main(payload: str) -> None:
     args = json.loads(payload)
     torch.set_num_threads(args["threads"])
     model, _ = resolve_model(args["model"])
-    gen = torch.Generator().manual_seed(0)
-    content = torch.rand(1, 3, args["size"], args["size"], generator=gen)
-    style = torch.rand(1, 3, COST_STYLE_SIZE, COST_STYLE_SIZE, generator=gen)
+    content, style = _random_inputs(args["size"])
     base = resident_bytes()
     walls = []
     for _ in range(args["repeats"]):
@@ -222,6 +227,81 @@ def measure_stylize(model_ref: str | Path, size: int, levels: list[int], *, meth
         raise CDCompressError(f"stylization at {size}x{size} failed in the measuring process: {tail}")
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return RunMeasurement(size, tile != 0, threads, min(data["walls"]), data["peak_rss"], data["base_rss"], data["walls"])
+
+
+@dataclass
+class PairedTiming:
+    """Interleaved wall times of two models on the same inputs, in one process (see :func:`measure_pairs`)."""
+
+    size: int
+    tiled: bool
+    threads: int
+    first: list[float]  # one per round
+    second: list[float]  # per round: the mean of the runs just before and just after ``first``'s
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.first, self.second, strict=True)]
+
+    @property
+    def median_ratio(self) -> float:
+        ordered = sorted(self.ratios)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ratios": self.ratios, "median_ratio": self.median_ratio}
+
+
+def _pairs_child_main(payload: str) -> None:
+    """Measuring subprocess of :func:`measure_pairs`: S, F, S per round, after one warm-up of each."""
+    import json
+    import time
+
+    from .models.registry import resolve_model
+    from .stylize import stylize
+
+    args = json.loads(payload)
+    torch.set_num_threads(args["threads"])
+    first, _ = resolve_model(args["first"])
+    second, _ = resolve_model(args["second"])
+    content, style = _random_inputs(args["size"])
+
+    def timed(model: CDModel) -> float:
+        start = time.perf_counter()
+        stylize(model, content, style, method=args["method"], levels=args["levels"], tile=args["tile"], progress=False)
+        return time.perf_counter() - start
+
+    timed(first), timed(second)
+    firsts, seconds = [], []
+    for _ in range(args["rounds"]):
+        before = timed(second)
+        firsts.append(timed(first))
+        seconds.append((before + timed(second)) / 2)
+    print(json.dumps({"first": firsts, "second": seconds}))
+
+
+def measure_pairs(first_ref: str | Path, second_ref: str | Path, size: int, levels: list[int], *, rounds: int = 3,
+                  tile: int = 0, threads: int = 2, method: str = "wct", timeout: float | None = None) -> PairedTiming:
+    """Time two models in turns (second, first, second per round) in one fresh process.
+
+    On a shared machine whose speed drifts by tens of percent over minutes, the best-of-N wall
+    time of each model, measured minutes apart, gives a ratio that drifts with it; the ratio of
+    runs made back to back (the second model bracketing the first) does not.
+    """
+    import json
+    import subprocess
+    import sys
+
+    payload = json.dumps({"first": str(first_ref), "second": str(second_ref), "size": size, "levels": levels,
+                          "method": method, "tile": tile, "threads": threads, "rounds": max(1, rounds)})
+    code = "import sys; from cdcompress.cost import _pairs_child_main; _pairs_child_main(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CDCompressError(f"paired timing at {size}x{size} failed in the measuring process: {tail}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return PairedTiming(size, tile != 0, threads, data["first"], data["second"])
 
 
 @dataclass

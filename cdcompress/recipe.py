@@ -109,6 +109,12 @@ class StageSpec(_Strict):
     channels_last: bool = False
     lambda_p: float | None = Field(None, ge=0)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off_is_not_a_boolean(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` (or ``no``/``false``) as False; that can only mean "off"."""
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _length_given(self) -> StageSpec:
         if self.enabled and self.steps is None and self.epochs is None:

@@ -12,15 +12,18 @@ from click.testing import CliRunner
 
 from cdcompress.cli import main
 from cdcompress.cost import (
+    PairedTiming,
     RunMeasurement,
     _bisect_side,
     count_macs,
     fit_linear,
     max_untiled_side,
+    measure_pairs,
     measure_stylize,
     planned_max_sides,
     stylize_cost,
 )
+from cdcompress.errors import CDCompressError
 from cdcompress.evaluate import load_scaled, mean_style, style_evaluation
 from cdcompress.gram import evaluation_encoder, gram, gram_distance, style_distances
 from cdcompress.models.registry import resolve_model
@@ -147,6 +150,18 @@ def test_measured_run_and_max_side(tmp_path: Path) -> None:
     assert 0 < small.side < untiled.side <= tiled.side
 
 
+def test_interleaved_pairs() -> None:
+    """Both models really run in turns (untiled and tiled), one ratio per round, and the median is the median."""
+    for tile in (0, 32):
+        pairs = measure_pairs("vgg19-x0.5", "vgg19-x0.25", 64, [2, 1], rounds=2, tile=tile, threads=1)
+        assert pairs.tiled == bool(tile) and len(pairs.first) == len(pairs.second) == len(pairs.ratios) == 2
+        assert all(t > 0 for t in pairs.first + pairs.second)
+    assert PairedTiming(8, False, 1, [6.0, 2.0, 9.0], [1.0, 1.0, 1.0]).median_ratio == 6.0
+    assert PairedTiming(8, False, 1, [6.0, 2.0], [1.0, 1.0]).median_ratio == 4.0
+    with pytest.raises(CDCompressError, match="paired timing"):
+        measure_pairs("vgg19-x0.25", "no-such-model", 64, [1], rounds=1)
+
+
 def test_eval_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert_one_line_error(*run("eval", "style", "vgg19-x0.25", "--content", tmp_path / "nope", "--style", tmp_path,
@@ -163,7 +178,6 @@ def test_eval_levels_beyond_the_ruler(images_dir: Path, tmp_path: Path) -> None:
     shallow = resolve_model("vgg19-x0.25")[0]
     shallow.encoders = {3: shallow.encoders[3]}
     ruler = evaluation_encoder(shallow)
-    from cdcompress.errors import CDCompressError
 
     with pytest.raises(CDCompressError, match="stops at relu3_1"):
         style_evaluation(shallow, [images_dir / "content/in1.jpg"], [images_dir / "style/in1.jpg"], ruler,

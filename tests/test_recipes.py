@@ -126,3 +126,14 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
     assert code == 2 and "--resume" in text
     code, text = run("distill", "--recipe", path, "--out", out, "--resume")
     assert code == 0, text
+
+
+def test_amp_off_written_bare_in_yaml(tmp_path: Path) -> None:
+    """YAML reads a bare `off` as a boolean; found when a GPU run's recipe said `amp: off`."""
+    (tmp_path / "base.yaml").write_text(VALID)
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nstages:\n  distill: {steps: 9, amp: off}\n")
+    assert load_recipe(tmp_path / "child.yaml").stages.distill.amp == "off"
+    assert load_recipe(tmp_path / "base.yaml", ["stages.distill.amp=off"]).stages.distill.amp == "off"
+    assert load_recipe(tmp_path / "base.yaml", ["stages.distill.amp=bf16"]).stages.distill.amp == "bf16"
+    with pytest.raises(RecipeError, match="amp"):
+        load_recipe(tmp_path / "base.yaml", ["stages.distill.amp=on"])

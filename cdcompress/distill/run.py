@@ -23,6 +23,7 @@ from torch import nn
 from .. import distributed
 from ..cost import count_macs
 from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
+from ..device import resolve_device
 from ..embed import EmbeddingBranches
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
@@ -300,6 +301,7 @@ def _portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
     """Execute ``recipe`` into ``out_dir`` (default: the recipe's output.dir)."""
+    resolve_device(recipe.device)  # a missing GPU fails here, in one line, before any model loads
     distributed.init_from_env(recipe.device)
     run_dir = Path(out_dir or recipe.output.dir.format(name=recipe.name))
     if (run_dir / "config.yaml").exists() and not resume:

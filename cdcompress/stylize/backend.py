@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..device import resolve_device
 from ..models.format import CDModel
 from ..models.vgg import fused_inference
 
@@ -39,8 +40,8 @@ class TorchBackend:
     """
 
     def __init__(self, model: CDModel, device: str | torch.device = "cpu", channels_last: bool = True) -> None:
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @property

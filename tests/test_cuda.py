@@ -1,0 +1,107 @@
+"""CUDA paths on real computation: stylization on the GPU, and training with AMP and channels-last.
+
+Skipped without a CUDA GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdcompress.distill.run import run_recipe
+from cdcompress.images import load_image
+from cdcompress.models import CDModel, load
+from cdcompress.recipe import load_recipe
+from cdcompress.stylize import TorchBackend, stylize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def full_precision_matmuls() -> Iterator[None]:
+    """TF32 would make GPU-vs-CPU comparisons test TF32's rounding, not our code."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def content(images_dir: Path) -> torch.Tensor:
+    return load_image(images_dir / "content/in4.jpg")[..., 100:250, 60:241]
+
+
+@pytest.fixture(scope="module")
+def style(images_dir: Path) -> torch.Tensor:
+    return torch.nn.functional.interpolate(load_image(images_dir / "style/in2.jpg"), size=(96, 96), mode="area")
+
+
+def _gpu_model(released_model_dir: Path) -> TorchBackend:
+    return TorchBackend(load(released_model_dir), device="cuda")
+
+
+def test_cuda_stylize_matches_cpu(released_model_dir: Path, content: torch.Tensor, style: torch.Tensor) -> None:
+    cpu = stylize(TorchBackend(load(released_model_dir)), content, style, tile=0)
+    gpu = stylize(_gpu_model(released_model_dir), content, style, tile=0)
+    assert gpu.device.type == "cpu" and gpu.shape == cpu.shape
+    diff = (gpu - cpu).abs()
+    assert diff.max() < 1e-2 and diff.mean() < 1e-3, (diff.max().item(), diff.mean().item())
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+def test_cuda_tiled_equals_untiled(released_model_dir: Path, content: torch.Tensor, style: torch.Tensor,
+                                   tile: int) -> None:
+    backend = _gpu_model(released_model_dir)
+    untiled = stylize(backend, content, style, tile=0)
+    tiled = stylize(backend, content, style, tile=tile)
+    torch.testing.assert_close(tiled, untiled, atol=1e-3, rtol=0)
+
+
+def test_cuda_adain(released_model_dir: Path, content: torch.Tensor, style: torch.Tensor) -> None:
+    cpu = stylize(TorchBackend(load(released_model_dir)), content, style, method="adain", tile=0)
+    gpu = stylize(_gpu_model(released_model_dir), content, style, method="adain", tile=0)
+    assert (gpu - cpu).abs().max() < 1e-2
+
+
+RECIPE = textwrap.dedent(
+    """
+    name: cuda_{amp}
+    device: cuda
+    levels: [2]
+    teacher: {{source: builtin, path: vgg19, pretrained: none}}
+    collaborator: {{source: train}}
+    student: {{width: 0.25}}
+    objective: {{lambda_p: 0.1}}
+    data: {{train: [skimage], eval: [skimage-heldout], resize: 96, crop: 64, eval_size: 96}}
+    stages:
+      collaborator: {{steps: 40, batch: 8, lr: 2.0e-3, amp: {amp}, channels_last: true}}
+      distill: {{steps: 40, batch: 8, lr: 2.0e-3, amp: {amp}, channels_last: true}}
+      decoder: {{steps: 40, batch: 8, lr: 2.0e-3, amp: {amp}, channels_last: true}}
+    output: {{checkpoint_every: 20, log_every: 5}}
+    """
+)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_cuda_distill_with_amp_and_channels_last(tmp_path: Path, amp: str, images_dir: Path) -> None:
+    """All three stages train on the GPU: losses finite and falling, a student that loads and stylizes."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(amp=amp))
+    result = run_recipe(load_recipe(path), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for stage in ("collaborator_L2", "distill_L2", "decoder_L2"):
+        losses = [r["total"] for r in records if r["stage"] == stage]
+        assert len(losses) == 40 // 5, stage
+        assert all(torch.isfinite(torch.tensor(losses))), (stage, losses)
+        assert min(losses[-2:]) < losses[0], (stage, losses)
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert result.report
+    student: CDModel = load(tmp_path / "run" / "student")
+    image = load_image(images_dir / "content/in4.jpg")[..., :96, :96]
+    out = stylize(TorchBackend(student, device="cuda"), image, image, levels=[2], tile=0)
+    assert out.shape == image.shape and torch.isfinite(out).all()
