@@ -3,11 +3,11 @@
 glibc hands every block above its mmap threshold (at most 32 MiB by default) straight back to the
 kernel when it is freed, so each new activation of a large image is fresh memory that the kernel
 must fault in and zero page by page. An untiled WCT cascade allocates and frees hundreds of such
-tensors: on the 2-core CI machine this costs the 16x student about 40% of its time at 2048² (and
-the teacher about as much). Raising the mmap and trim thresholds lets those blocks be reused.
+tensors: on a 2-core machine this cost the 16x student about 25-40% of its time at 2048² (and the
+teacher as much). Raising the mmap and trim thresholds lets those blocks be reused.
 
 The price is fragmentation: freed blocks stay resident, which raised the peak of a tiled run
-from 1.4 to 2.3 GB against a 1.5 GiB budget. So this is scoped: on for the untiled computation
+from 1.3 to 2.2 GiB against a 1.5 GiB budget. So this is scoped: on for the untiled computation
 only (whose memory estimate has more than that margin), restored and trimmed afterwards.
 ``CDCOMPRESS_RETAIN_HEAP=0`` turns it off.
 """
