@@ -248,7 +248,7 @@ class Trainer:
             good = self._checkpoints()
             where = f"; the last good checkpoint is {good[-1]}" if good else ""
             raise TrainingError(
-                f"stage {self.task.name}: loss became {float(loss)} at step {step + 1}; lower the learning rate "
+                f"stage {self.task.name}: loss became {loss.item()} at step {step + 1}; lower the learning rate "
                 f"or loss weights{where}"
             )
         self.optimizer.zero_grad(set_to_none=True)
