@@ -1,0 +1,82 @@
+"""Every benchmark script runs end to end and prints its table (tiny settings; the figures are in docs/benchmarks.md).
+
+The documented full runs take minutes to an hour each; these keep the scripts from rotting between those runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CD16X, IMAGES, REPO_ROOT
+
+BENCH = REPO_ROOT / "benchmarks"
+NEEDS_SHARED = pytest.mark.skipif(not (CD16X / "se5.pth").is_file() or not IMAGES.is_dir(),
+                                  reason="../shared is not available")
+
+
+def run_benchmark(script: str, *args: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd or REPO_ROOT, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "|---" in proc.stdout, proc.stdout[-2000:]  # a Markdown table
+    return proc.stdout
+
+
+def test_table3_cost() -> None:
+    out = run_benchmark("table3_cost.py", "--size", "256", "--time-size", "96", "--tile", "0", "--probe-sizes", "64",
+                        "--repeats", "1", "--pairs", "1", "--max-memory", "1GiB")
+    assert "interleaved pairs" in out and "6,962.1" not in out  # 256² MACs, not the 3000² default
+    assert "17,120,444" in out  # the teacher's per-level encoder parameters (paper: 17.1M)
+
+
+@NEEDS_SHARED
+def test_table2_gram(tmp_path: Path) -> None:
+    out = run_benchmark("table2_gram.py", "--max-side", "96", "--gram-levels", "1,2", "--level", "2",
+                        "--student", f"random-quarter={_random_student(tmp_path)}")
+    assert "random-quarter" in out
+
+
+def _random_student(tmp_path: Path) -> Path:
+    from cdcompress.models import save, student_architecture
+
+    return save(student_architecture(0.25), tmp_path / "quarter")
+
+
+@NEEDS_SHARED
+def test_ultrares(tmp_path: Path) -> None:
+    out = run_benchmark("ultrares.py", "--sizes", "256", "--untiled-max", "256", "--tile", "128", "--levels", "2,1",
+                        "--workdir", tmp_path)
+    assert "256" in out
+
+
+@NEEDS_SHARED
+def test_export(tmp_path: Path) -> None:
+    run_benchmark("export.py", "--size", "96", "--repeat", "1", "--threads", "2", cwd=tmp_path)
+
+
+def test_distill_throughput() -> None:
+    run_benchmark("distill_throughput.py", "--level", "2", "--crop", "32", "--batch", "2", "--steps", "1")
+
+
+def test_train_memory(tmp_path: Path) -> None:
+    run_benchmark("train_memory.py", "--steps", "12", "--every", "4", "--warmup", "4", "--bound", "1024",
+                  "--out", tmp_path)
+
+
+@NEEDS_SHARED
+def test_cd16x_half(tmp_path: Path) -> None:
+    run_benchmark("cd16x_half.py", "--seeds", "0", "--steps", "2", "--out", tmp_path / "runs", "--docs", tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_gpu_benchmark_says_it_needs_a_gpu() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_stylize.py")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+    assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
