@@ -105,3 +105,19 @@ def test_cuda_distill_with_amp_and_channels_last(tmp_path: Path, amp: str, image
     image = load_image(images_dir / "content/in4.jpg")[..., :96, :96]
     out = stylize(TorchBackend(student, device="cuda"), image, image, levels=[2], tile=0)
     assert out.shape == image.shape and torch.isfinite(out).all()
+
+
+def test_cuda_stylize_cli(released_model_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cdcompress.cli import main
+
+    out = tmp_path / "out.png"
+    args = ["stylize", "--model", str(released_model_dir), "--content", str(images_dir / "content/in4.jpg"),
+            "--style", str(images_dir / "style/in2.jpg"), "--style-size", "128", "--device", "cuda", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    cpu = CliRunner().invoke(main, [*args[:-4], "--out", str(tmp_path / "cpu.png")])
+    assert cpu.exit_code == 0, cpu.output
+    a, b = load_image(out), load_image(tmp_path / "cpu.png")
+    assert a.shape == b.shape and (a - b).abs().mean() < 2e-3  # 8-bit PNGs of the same result
