@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CD16X, IMAGES, REPO_ROOT
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks"
+CD16X = REPO_ROOT.parent / "shared" / "reference" / "cd16x"
+IMAGES = REPO_ROOT.parent / "shared" / "images"
 NEEDS_SHARED = pytest.mark.skipif(not (CD16X / "se5.pth").is_file() or not IMAGES.is_dir(),
                                   reason="../shared is not available")
 
