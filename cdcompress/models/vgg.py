@@ -200,7 +200,9 @@ class _VGGBase(nn.Module):
         """One plan step of :func:`fused_inference`. ReLU runs in place only on an ``owned`` tensor:
         one this forward made (not the caller's input) and did not hand out as a tap."""
         if self.spec.padding == "reflect" and isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
-            return reflect_conv3x3(x, module)
+            if module.stride == (1, 1) and module.dilation == (1, 1) and module.groups == 1:
+                return reflect_conv3x3(x, module)
+            return module(F.pad(x, (1, 1, 1, 1), mode="reflect"))
         if isinstance(module, nn.ReLU) and owned:
             return torch.relu_(x)
         return module(x)
