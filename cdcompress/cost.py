@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -205,6 +206,21 @@ def _child_main(payload: str) -> None:
     print(json.dumps({"walls": walls, "peak_rss": peak, "base_rss": base}))
 
 
+def _run_measuring_child(entry: str, args: dict, what: str, timeout: float | None) -> dict:
+    """Run ``cdcompress.cost.<entry>(json)`` in a fresh interpreter and return the JSON line it prints last."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"import sys; from cdcompress.cost import {entry}; {entry}(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise CDCompressError(f"{what} failed in the measuring process: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_stylize(model_ref: str | Path, size: int, levels: list[int], *, method: str = "wct", tile: int = 0,
                     max_memory: str | None = None, threads: int = 2, timeout: float | None = None,
                     repeats: int = 1) -> RunMeasurement:
@@ -214,18 +230,10 @@ def measure_stylize(model_ref: str | Path, size: int, levels: list[int], *, meth
     With ``repeats`` > 1 the same stylization runs again in that process and the fastest wall time is kept:
     on a shared machine the minimum is the least disturbed estimate.
     """
-    import json
-    import subprocess
-    import sys
-
-    payload = json.dumps({"model": str(model_ref), "size": size, "levels": levels, "method": method, "tile": tile,
-                          "max_memory": max_memory, "threads": threads, "repeats": max(1, repeats)})
-    code = "import sys; from cdcompress.cost import _child_main; _child_main(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CDCompressError(f"stylization at {size}x{size} failed in the measuring process: {tail}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = _run_measuring_child("_child_main", {"model": str(model_ref), "size": size, "levels": levels,
+                                                 "method": method, "tile": tile, "max_memory": max_memory,
+                                                 "threads": threads, "repeats": max(1, repeats)},
+                                f"stylization at {size}x{size}", timeout)
     return RunMeasurement(size, tile != 0, threads, min(data["walls"]), data["peak_rss"], data["base_rss"], data["walls"])
 
 
@@ -245,9 +253,7 @@ class PairedTiming:
 
     @property
     def median_ratio(self) -> float:
-        ordered = sorted(self.ratios)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return statistics.median(self.ratios)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ratios": self.ratios, "median_ratio": self.median_ratio}
@@ -289,18 +295,10 @@ def measure_pairs(first_ref: str | Path, second_ref: str | Path, size: int, leve
     time of each model, measured minutes apart, gives a ratio that drifts with it; the ratio of
     runs made back to back (the second model bracketing the first) does not.
     """
-    import json
-    import subprocess
-    import sys
-
-    payload = json.dumps({"first": str(first_ref), "second": str(second_ref), "size": size, "levels": levels,
-                          "method": method, "tile": tile, "threads": threads, "rounds": max(1, rounds)})
-    code = "import sys; from cdcompress.cost import _pairs_child_main; _pairs_child_main(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CDCompressError(f"paired timing at {size}x{size} failed in the measuring process: {tail}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = _run_measuring_child("_pairs_child_main", {"first": str(first_ref), "second": str(second_ref),
+                                                       "size": size, "levels": levels, "method": method, "tile": tile,
+                                                       "threads": threads, "rounds": max(1, rounds)},
+                                f"paired timing at {size}x{size}", timeout)
     return PairedTiming(size, tile != 0, threads, data["first"], data["second"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -32,3 +33,18 @@ def released_model_dir(cd16x_dir: Path, tmp_path_factory: pytest.TempPathFactory
     from cdcompress.models import convert_cd_release, save
 
     return save(convert_cd_release(cd16x_dir), tmp_path_factory.mktemp("models") / "cd16x")
+
+
+@pytest.fixture(scope="module")
+def content(images_dir: Path) -> torch.Tensor:
+    """A real-photo crop whose sides are multiples of neither the tiles nor the level-5 stride."""
+    from cdcompress.images import load_image
+
+    return load_image(images_dir / "content/in4.jpg")[..., 100:250, 60:241]
+
+
+@pytest.fixture(scope="module")
+def style(images_dir: Path) -> torch.Tensor:
+    from cdcompress.images import load_image
+
+    return torch.nn.functional.interpolate(load_image(images_dir / "style/in2.jpg"), size=(96, 96), mode="area")

@@ -31,16 +31,6 @@ def full_precision_matmuls() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.fixture(scope="module")
-def content(images_dir: Path) -> torch.Tensor:
-    return load_image(images_dir / "content/in4.jpg")[..., 100:250, 60:241]
-
-
-@pytest.fixture(scope="module")
-def style(images_dir: Path) -> torch.Tensor:
-    return torch.nn.functional.interpolate(load_image(images_dir / "style/in2.jpg"), size=(96, 96), mode="area")
-
-
 def _gpu_model(released_model_dir: Path) -> TorchBackend:
     return TorchBackend(load(released_model_dir), device="cuda")
 

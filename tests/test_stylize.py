@@ -13,7 +13,6 @@ from PIL import Image
 import cdcompress
 from cdcompress.cli import main
 from cdcompress.errors import CDCompressError, ModelFormatError
-from cdcompress.images import load_image
 from cdcompress.models import CDModel, load
 from cdcompress.stylize import FeatureStats, TorchBackend, stylize
 from cdcompress.stylize import pipeline as pl
@@ -27,17 +26,6 @@ TOL = 1e-3
 @pytest.fixture(scope="module")
 def model(released_model_dir: Path) -> CDModel:
     return load(released_model_dir)
-
-
-@pytest.fixture(scope="module")
-def content(images_dir: Path) -> torch.Tensor:
-    """A crop whose sides are multiples of neither the tiles nor the level-5 stride."""
-    return load_image(images_dir / "content/in4.jpg")[..., 100:250, 60:241]
-
-
-@pytest.fixture(scope="module")
-def style(images_dir: Path) -> torch.Tensor:
-    return torch.nn.functional.interpolate(load_image(images_dir / "style/in2.jpg"), size=(96, 96), mode="area")
 
 
 def _job(model: CDModel, levels: tuple[int, ...], method: str = "wct", alpha: float = 1.0) -> pl.StylizeJob:
