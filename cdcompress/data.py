@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,25 +148,148 @@ def image_paths(folders: Sequence[str | Path] | str | Path) -> list[Path]:
     return paths
 
 
+@dataclass
+class Batch:
+    """One training batch: what the encoder sees and what the decoder must produce.
+
+    Autoencoding data (style transfer's reconstruction) has ``target is input``; paired image-to-image
+    data (denoising, colourisation) brings its own targets.
+    """
+
+    input: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def paired(self) -> bool:
+        return self.target is not self.input
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = self.input.to(device)
+        return Batch(moved, moved if not self.paired else self.target.to(device))
+
+    def __getitem__(self, index: slice) -> Batch:
+        part = self.input[index]
+        return Batch(part, part if not self.paired else self.target[index])
+
+    def __len__(self) -> int:
+        return int(self.input.shape[0])
+
+
+def as_batch(item: object) -> Batch:
+    """A loader's item as a :class:`Batch`: a tensor, an ``(input, target)`` pair, or a dict with
+    ``input``/``image`` (and optionally ``target``). A ``(images, labels)`` pair from a classification
+    loader is refused: labels are not images."""
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, torch.Tensor):
+        return Batch(item, item)
+    if isinstance(item, Mapping):
+        source = item.get("input", item.get("image"))
+        if isinstance(source, torch.Tensor):
+            target = item.get("target", source)
+            return _checked(Batch(source, target) if isinstance(target, torch.Tensor) else Batch(source, source))
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, torch.Tensor) for t in item):
+        return _checked(Batch(item[0], item[1]))
+    if isinstance(item, (tuple, list)) and len(item) == 1 and isinstance(item[0], torch.Tensor):
+        return Batch(item[0], item[0])
+    raise DataError(f"a training batch must be an image tensor [N, C, H, W], an (input, target) pair of them or a dict "
+                    f"with 'input'/'target'; the data yielded {_describe(item)}")
+
+
+def _checked(batch: Batch) -> Batch:
+    if batch.input.dim() != 4 or batch.target.dim() != 4 or batch.target.shape[0] != batch.input.shape[0]:
+        raise DataError(f"(input, target) batch shapes {list(batch.input.shape)} and {list(batch.target.shape)}: both must be "
+                        "[N, C, H, W] image tensors with the same N (class labels cannot be targets)")
+    return batch
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, torch.Tensor):
+        return f"a tensor of shape {list(item.shape)}"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of ({', '.join(_describe(x) for x in item)})"
+    return f"a {type(item).__name__}"
+
+
 def batches(
-    sampler: CropSampler, start: int, stop: int, workers: int = 0, rank: int = 0, world: int = 1
-) -> Iterator[torch.Tensor]:
-    """This process's batches for steps ``start`` .. ``stop - 1``, optionally decoded by worker processes."""
+    data: object, start: int, stop: int, workers: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[Batch]:
+    """This process's batches for steps ``start`` .. ``stop - 1``.
+
+    ``data`` is any of:
+
+    * a sampler with ``shard(step, rank, world)`` (:class:`CropSampler`): batch ``i`` is a pure function
+      of ``i``, so resume needs no state and ``workers`` decode in parallel;
+    * a zero-argument callable returning an iterable (a loader *factory*): called at the start and
+      again whenever an epoch ends;
+    * a re-iterable (``DataLoader``, list of tensors): iterated again whenever an epoch ends;
+    * a one-shot iterator (a generator): used once; running out before ``stop`` is an error.
+
+    Resuming at ``start`` skips ``start`` batches of a fresh iteration, which is exact when the
+    iterable yields the same sequence every time (a factory or loader with a fixed seed). Under
+    torchrun each process takes its ``1/world`` slice of every batch, so N processes see the global batch.
+    """
+    if callable(getattr(data, "shard", None)):
+        yield from _sampled(data, start, stop, workers, rank, world)
+        return
+    stream = _cycled(data)
+    for _ in range(start):
+        if next(stream, None) is None:
+            raise DataError(f"the data ran out while skipping to step {start}; a resumed run needs the same data")
+    for step in range(start, stop):
+        item = next(stream, None)
+        if item is None:
+            raise DataError(f"the data ran out after {step} batches ({stop} steps asked); pass a re-iterable loader "
+                            "(DataLoader, list) or a factory returning one, or lower steps")
+        yield _rank_slice(as_batch(item), rank, world)
+
+
+def _sampled(sampler: object, start: int, stop: int, workers: int, rank: int, world: int) -> Iterator[Batch]:
     steps = _Steps(sampler, range(start, stop), rank, world)
     if workers <= 0:
-        yield from (steps[i] for i in range(len(steps)))
+        yield from (as_batch(steps[i]) for i in range(len(steps)))
         return
-    yield from DataLoader(steps, batch_size=None, num_workers=workers, persistent_workers=False)
+    yield from (as_batch(b) for b in DataLoader(steps, batch_size=None, num_workers=workers, persistent_workers=False))
+
+
+def _cycled(data: object) -> Iterator[object]:
+    """Items of ``data`` epoch after epoch (a one-shot iterator yields its items once)."""
+    if callable(data) and not isinstance(data, (Iterable, torch.Tensor)):
+        make = data
+    elif isinstance(data, Iterable) and not isinstance(data, Iterator):
+        make = lambda: data  # noqa: E731 - a re-iterable is its own factory
+    elif isinstance(data, Iterator):
+        yield from data
+        return
+    else:
+        raise DataError(f"training data must be a sampler, an iterable of batches (DataLoader, list, generator) or a "
+                        f"factory returning one; got {type(data).__name__}")
+    while True:
+        empty = True
+        for item in make():
+            empty = False
+            yield item
+        if empty:
+            raise DataError("the training data yielded no batches; check the loader/dataset is not empty")
+
+
+def _rank_slice(batch: Batch, rank: int, world: int) -> Batch:
+    if world == 1:
+        return batch
+    if len(batch) % world:
+        raise DataError(f"batch {len(batch)} is not divisible by {world} processes; pick a multiple")
+    per = len(batch) // world
+    return batch[rank * per : (rank + 1) * per]
 
 
 class _Steps(Dataset):
-    def __init__(self, sampler: CropSampler, steps: range, rank: int, world: int) -> None:
+    def __init__(self, sampler: object, steps: range, rank: int, world: int) -> None:
         self.sampler, self.steps, self.rank, self.world = sampler, steps, rank, world
 
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> object:
         return self.sampler.shard(self.steps[i], self.rank, self.world)
 
 

@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import CDCompressError
+from .registry import RegistryError
+from .slim import IMPORTANCES
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -32,6 +34,30 @@ class _Strict(BaseModel):
 
 
 Width = float | int | dict[str, float | int]
+
+
+class PluginName(_Strict):
+    """``{name: ..., kwargs: {...}}``: a registered plug-in with its arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+PluginRef = str | PluginName
+
+
+def _registered(registry: Any, value: PluginRef) -> PluginRef:
+    """Registry names are checked while validating, so a typo is a recipe error, not a crash mid-run."""
+    try:
+        registry.get(value if isinstance(value, str) else value.name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def plugin_reference(value: PluginRef) -> str | dict[str, Any]:
+    """A validated reference as :func:`cdcompress.registry.split_reference` reads it."""
+    return value if isinstance(value, str) else value.model_dump()
 
 
 class TeacherSpec(_Strict):
@@ -51,9 +77,15 @@ class CollaboratorSpec(_Strict):
 class StudentSpec(_Strict):
     width: Width = 0.25
     level_width: dict[int, dict[str, float | int]] = Field(default_factory=dict)
-    importance: Literal["l1", "l2", "random", "taylor"] = "l1"
+    importance: PluginRef = "l1"
+    round_to: int = Field(1, ge=1)
     init: Literal["pruned", "random"] = "pruned"
     keep: list[str] = Field(default_factory=list)
+
+    @field_validator("importance")
+    @classmethod
+    def _importance_registered(cls, value: PluginRef) -> PluginRef:
+        return _registered(IMPORTANCES, value)
 
     @field_validator("width")
     @classmethod

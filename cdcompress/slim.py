@@ -16,7 +16,9 @@ are never pruned, nor are names passed in ``keep``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,9 +27,11 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import CDCompressError
+from .registry import Registry, split_reference
 
-IMPORTANCE_CRITERIA = ("l1", "l2", "random", "taylor")
 WidthSpec = float | Mapping[str, float | int]
+ScoreFn = Callable[[Any], torch.Tensor]
+"""Torch-Pruning's importance protocol: ``importance(group) -> scores`` over the group's root channels."""
 
 
 class SlimmingError(CDCompressError):
@@ -53,47 +57,144 @@ class EncoderDecoderPair(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+_PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
 def _prunable_layers(module: nn.Module) -> dict[nn.Module, str]:
-    return {m: n for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))}
+    return {m: n for n, m in module.named_modules() if isinstance(m, _PRUNABLE)}
 
 
-def _out_filter_norms(layer: nn.Module, p: int) -> torch.Tensor:
-    """Per-output-filter Lp norm of a layer's weight (the paper's L1 filter pruning for p=1)."""
-    weight = layer.weight.detach()
-    if isinstance(layer, nn.ConvTranspose2d):
-        weight = weight.transpose(0, 1)
-    return weight.flatten(1).abs().pow(p).sum(1).pow(1.0 / p)
+# --------------------------------------------------------------------------- importance criteria
+
+IMPORTANCES: Registry[Callable[..., ScoreFn]] = Registry("importance")
+"""``name -> factory(**kwargs) -> importance(group) -> scores``; a torch-pruning ``Importance`` fits as is."""
 
 
-def _taylor_scores(layer: nn.Module) -> torch.Tensor:
-    if layer.weight.grad is None:
-        raise SlimmingError("taylor importance needs gradients: pass a calibration loss (calibrate=...) to the slimmer")
-    weight, grad = layer.weight.detach(), layer.weight.grad.detach()
-    if isinstance(layer, nn.ConvTranspose2d):
-        weight, grad = weight.transpose(0, 1), grad.transpose(0, 1)
-    return (weight * grad).flatten(1).sum(1).abs()
+def _out_filter_items(group: Any) -> Iterator[tuple[nn.Module, list[int], list[int]]]:
+    """(layer, its channel indices, the root's indices) for every layer of the group that *produces* the channels."""
+    for item in group:
+        layer = item.dep.target.module
+        if isinstance(layer, _PRUNABLE) and getattr(item.dep.handler, "__name__", "") == "prune_out_channels":
+            yield layer, list(item.idxs), list(item.root_idxs)
+
+
+def _filters(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped tensor as one row per output channel (ConvTranspose stores [in, out, ...])."""
+    return (tensor.transpose(0, 1) if isinstance(layer, nn.ConvTranspose2d) else tensor).flatten(1)
+
+
+def _root_channels(group: Any) -> int:
+    return len(group[0].idxs)
+
+
+class FilterNorm:
+    """Per-output-filter Lp norm summed over a channel's producers (the paper's L1 filter pruning for p=1).
+
+    Unlike torch-pruning's default group reduction, the consumers' input weights are left out, so a
+    VGG layer keeps exactly the filters the paper's per-filter criterion keeps."""
+
+    needs_gradients = False
+
+    def __init__(self, p: int = 1) -> None:
+        self.p = p
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        total = torch.zeros(_root_channels(group))
+        for layer, idxs, root_idxs in _out_filter_items(group):
+            norms = _filters(layer, layer.weight.detach()).abs().pow(self.p).sum(1).pow(1.0 / self.p)
+            total[root_idxs] += norms[idxs].cpu()
+        return total
+
+
+class TaylorImportance:
+    """|Σ w·∂L/∂w| per output filter: first-order estimate of the loss change when a filter is removed."""
+
+    needs_gradients = True
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        total = torch.zeros(_root_channels(group))
+        for layer, idxs, root_idxs in _out_filter_items(group):
+            if layer.weight.grad is None:
+                raise SlimmingError("taylor importance needs gradients: pass a calibration loss (calibrate=...) to the slimmer")
+            scores = _filters(layer, layer.weight.detach() * layer.weight.grad.detach()).sum(1).abs()
+            total[root_idxs] += scores[idxs].cpu()
+        return total
+
+
+class RandomImportance:
+    """Random scores from a seeded generator: the 'no criterion' baseline."""
+
+    needs_gradients = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        return torch.rand(_root_channels(group), generator=self.generator)
+
+
+IMPORTANCES.register("l1")(lambda seed=0: FilterNorm(1))
+IMPORTANCES.register("l2")(lambda seed=0: FilterNorm(2))
+IMPORTANCES.register("taylor")(lambda seed=0: TaylorImportance())
+IMPORTANCES.register("random")(lambda seed=0: RandomImportance(seed))
+IMPORTANCE_CRITERIA = tuple(IMPORTANCES.names())
+
+
+def resolve_importance(importance: str | Mapping[str, Any] | ScoreFn, seed: int = 0) -> ScoreFn:
+    """A registered name, ``{name, kwargs}``, or an importance object (e.g. ``tp.importance.GroupMagnitudeImportance()``)."""
+    if callable(importance):
+        return importance
+    name, kwargs = split_reference(importance)
+    factory = IMPORTANCES.get(name)
+    if "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    return factory(**kwargs)
+
+
+# --------------------------------------------------------------------------- the slimmer
+
+
+def _round_width(width: int, channels: int, multiple: int) -> int:
+    """``width`` rounded to the nearest multiple of ``multiple`` in [multiple, channels]."""
+    if multiple <= 1 or channels % multiple:
+        return width
+    return min(channels, max(multiple, int(round(width / multiple)) * multiple))
+
+
+def _group_multiple(group: Any, round_to: int) -> int:
+    """Widths of a group must stay divisible by every GroupNorm's groups and grouped conv's groups in it."""
+    multiple = max(1, round_to)
+    for item in group:
+        layer = item.dep.target.module
+        if isinstance(layer, nn.GroupNorm):
+            multiple = math.lcm(multiple, layer.num_groups)
+        elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and 1 < layer.groups < layer.in_channels:
+            multiple = math.lcm(multiple, layer.groups)
+    return multiple
 
 
 @dataclass
 class ChannelSlimmer:
     """Per-layer filter pruning over torch-pruning groups.
 
-    Importance of a channel is computed from the output filters that produce it only (summed over
-    coupled producers, e.g. both sides of a residual add) -- not torch-pruning's default group
-    reduction, which mixes in the consumers' input weights and keeps different filters than the
-    paper's per-filter L1 criterion.
+    Every Conv2d, ConvTranspose2d and Linear roots a group; torch-pruning's dependency graph carries the
+    cut to the coupled layers (norms, depthwise convs, the consumers' inputs, both sides of added or
+    concatenated skips). ``round_to`` makes every width a multiple of it (hardware-friendly widths);
+    GroupNorm and grouped convs add their group counts to that multiple automatically.
     """
 
     width: WidthSpec = 0.5
-    importance: str = "l1"
+    importance: str | Mapping[str, Any] | ScoreFn = "l1"
     seed: int = 0
     calibrate: Callable[[nn.Module], torch.Tensor] | None = None
+    round_to: int = 1
     widths_requested: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCE_CRITERIA:
-            raise SlimmingError(f"unknown importance {self.importance!r}; choose one of {IMPORTANCE_CRITERIA}")
         _check_width_spec(self.width)
+        if self.round_to < 1:
+            raise SlimmingError(f"round_to must be >= 1, got {self.round_to}")
+        self._score = resolve_importance(self.importance, self.seed)
 
     def target_width(self, name: str, channels: int) -> int:
         spec = self.width
@@ -115,41 +216,25 @@ class ChannelSlimmer:
         layers = _prunable_layers(module)
         graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs, verbose=False)
         ignored = [m for m, n in layers.items() if n in set(keep)]
-        if self.importance == "taylor":
+        if getattr(self._score, "needs_gradients", False):
             self._fill_gradients(module)
-        generator = torch.Generator().manual_seed(self.seed)
         kept: dict[str, list[int]] = {}
-        for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear))):
+        for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE)):
             root = group[0].dep.target.module
             name = layers[root]
             channels = graph.get_out_channels(root)
-            width = self.target_width(name, channels)
+            width = _round_width(self.target_width(name, channels), channels, _group_multiple(group, self.round_to))
             self.widths_requested[name] = width
             if width == channels:
                 continue
-            scores = self._group_scores(graph, group, channels, generator)
+            scores = torch.as_tensor(self._score(group)).detach().float().cpu()
+            if scores.numel() != channels:
+                raise SlimmingError(f"importance returned {scores.numel()} scores for the {channels} channels of {name!r}")
             keep_idx = sorted(torch.topk(scores, width).indices.tolist())
             drop_idx = sorted(set(range(channels)) - set(keep_idx))
             graph.get_pruning_group(root, group[0].dep.handler, drop_idx).prune()
             kept[name] = keep_idx
         return kept
-
-    def _group_scores(self, graph: tp.DependencyGraph, group: Any, channels: int, gen: torch.Generator) -> torch.Tensor:
-        if self.importance == "random":
-            return torch.rand(channels, generator=gen)
-        total = torch.zeros(channels)
-        for item in group:
-            dep, idxs = item.dep, item.idxs
-            layer = dep.target.module
-            if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(layer, tuple(_PRUNABLE)):
-                continue
-            if self.importance == "taylor":
-                scores = _taylor_scores(layer)
-            else:
-                scores = _out_filter_norms(layer, 1 if self.importance == "l1" else 2)
-            root_idxs = item.root_idxs
-            total[root_idxs] += scores[idxs].cpu()
-        return total
 
     def _fill_gradients(self, module: nn.Module) -> None:
         if self.calibrate is None:
@@ -157,9 +242,6 @@ class ChannelSlimmer:
         module.zero_grad(set_to_none=True)
         with torch.enable_grad():
             self.calibrate(module).backward()
-
-
-_PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
 def _check_width_spec(spec: Any) -> None:
@@ -178,6 +260,20 @@ def image_width_layers(module: nn.Module, image_channels: int) -> list[str]:
     return [n for m, n in _prunable_layers(module).items() if _out_channels(m) == image_channels]
 
 
+def head_layers(pair: nn.Module, example_inputs: tuple[Any, ...]) -> list[str]:
+    """The last prunable layer the decoder runs: its output channels are the pair's output channels."""
+    layers = _prunable_layers(pair.decoder)
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda *_a, n=n: order.append(n)) for m, n in layers.items()]
+    try:
+        with torch.no_grad():
+            pair(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [f"decoder.{order[-1]}"] if order else []
+
+
 def _out_channels(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return layer.out_features
@@ -186,6 +282,19 @@ def _out_channels(layer: nn.Module) -> int:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@dataclass(frozen=True)
+class LayerWidth:
+    """One prunable layer's output width before and after slimming, and what was asked of it."""
+
+    name: str
+    before: int
+    after: int
+    requested: int | None  # None: the layer is protected or follows a coupled layer
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "before": self.before, "after": self.after, "requested": self.requested}
 
 
 @dataclass
@@ -197,10 +306,65 @@ class SlimResult:
     kept: dict[str, list[int]]
     encoder_params: tuple[int, int]  # (before, after)
     decoder_params: tuple[int, int]
+    layers: list[LayerWidth] = field(default_factory=list)
+    protected: list[str] = field(default_factory=list)
 
     @property
     def compression(self) -> float:
         return self.encoder_params[0] / self.encoder_params[1]
+
+    @property
+    def encoder_ratio(self) -> float:
+        """Student encoder parameters / teacher encoder parameters."""
+        return self.encoder_params[1] / self.encoder_params[0]
+
+    @property
+    def decoder_ratio(self) -> float:
+        """Slimmed decoder parameters / collaborator parameters (the stage-3 decoder's size)."""
+        return self.decoder_params[1] / self.decoder_params[0]
+
+    def widths(self) -> dict[str, int]:
+        """Absolute output width of every prunable layer (``encoder.*`` / ``decoder.*``): reproduces the architecture."""
+        return {layer.name: layer.after for layer in self.layers}
+
+    def summary(self) -> str:
+        """Per-layer widths and both parameter ratios as a Markdown table."""
+        lines = ["| layer | width before | after | requested |", "|---|---|---|---|"]
+        for layer in self.layers:
+            asked = "protected" if layer.name in self.protected else ("-" if layer.requested is None else layer.requested)
+            lines.append(f"| {layer.name} | {layer.before} | {layer.after} | {asked} |")
+        lines.append(f"\nencoder {self.encoder_params[0]:,} -> {self.encoder_params[1]:,} parameters "
+                     f"({self.encoder_ratio:.3f}x); decoder {self.decoder_params[0]:,} -> {self.decoder_params[1]:,} "
+                     f"({self.decoder_ratio:.3f}x)")
+        return "\n".join(lines)
+
+
+@dataclass
+class Slimming:
+    """How the student is cut from the teacher (one concern of :func:`cdcompress.apply`).
+
+    ``width``: ratio, ``{layer: ratio | width}`` or a :class:`Slimmer`; ``importance``: a registered name
+    (``l1``, ``l2``, ``taylor``, ``random``), ``{name, kwargs}`` or an importance object such as
+    ``tp.importance.GroupMagnitudeImportance()``; ``round_to``: widths in multiples of this;
+    ``keep``: layers never pruned (``encoder.x`` / ``decoder.y``; unprefixed names are the encoder's);
+    ``init``: ``pruned`` keeps the teacher's strongest filters, ``random`` re-initialises them.
+    """
+
+    width: WidthSpec | Slimmer = 0.5
+    importance: str | Mapping[str, Any] | ScoreFn = "l1"
+    round_to: int = 1
+    keep: Sequence[str] = ()
+    init: str = "pruned"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in ("pruned", "random"):
+            raise SlimmingError(f"init must be 'pruned' or 'random', got {self.init!r}")
+
+    @classmethod
+    def of(cls, spec: WidthSpec | Slimmer | Slimming, seed: int = 0) -> Slimming:
+        """``apply(slim=...)`` accepts a bare width or slimmer as shorthand for ``Slimming(width=...)``."""
+        return spec if isinstance(spec, Slimming) else cls(width=spec, seed=seed)
 
 
 def slim_pair(
@@ -208,35 +372,63 @@ def slim_pair(
     decoder: nn.Module,
     example_inputs: tuple[Any, ...],
     width: WidthSpec | Slimmer = 0.5,
-    importance: str = "l1",
+    importance: str | Mapping[str, Any] | ScoreFn = "l1",
     keep: Sequence[str] = (),
     seed: int = 0,
     calibrate: Callable[[nn.Module], torch.Tensor] | None = None,
+    round_to: int = 1,
 ) -> SlimResult:
     """Slim copies of ``encoder`` and ``decoder`` jointly; names in ``width``/``keep`` are prefixed
-    ``encoder.`` / ``decoder.`` (unprefixed names refer to the encoder)."""
+    ``encoder.`` / ``decoder.`` (unprefixed names refer to the encoder).
+
+    The decoder's head (its last prunable layer) and layers of the image's channel count are never
+    pruned, so the pair's output keeps its channels."""
     if not isinstance(example_inputs, tuple):
         # torch-pruning traces a bare batch-1 tensor as a sequence and silently prunes nothing.
         raise SlimmingError("example_inputs must be a tuple, e.g. (torch.rand(1, 3, 64, 64),)")
     pair = EncoderDecoderPair(copy.deepcopy(encoder), copy.deepcopy(decoder)).cpu().eval()
     for p in pair.parameters():
         p.requires_grad_(True)
+    inputs = tuple(t.cpu() for t in example_inputs)
+    before = {n: _out_channels(m) for m, n in _prunable_layers(pair).items()}
+    with torch.no_grad():
+        output_shapes = _shapes(pair(*inputs))
     image_channels = int(example_inputs[0].shape[1])
-    protected = set(image_width_layers(pair, image_channels)) | {_qualify(n) for n in keep}
-    slimmer = width if isinstance(width, Slimmer) else ChannelSlimmer(_qualify_spec(width), importance, seed, calibrate)
-    kept = slimmer.slim(pair, tuple(t.cpu() for t in example_inputs), sorted(protected))
+    protected = sorted(set(image_width_layers(pair, image_channels)) | set(head_layers(pair, inputs))
+                       | {_qualify(n) for n in keep})
+    unknown = sorted(set(protected) - set(before))
+    if unknown:
+        raise SlimmingError(f"keep names unknown layer(s) {unknown}; name Conv/ConvTranspose/Linear layers as "
+                            "encoder.<name> or decoder.<name>")
+    slimmer = width if isinstance(width, Slimmer) else ChannelSlimmer(_qualify_spec(width), importance, seed, calibrate,
+                                                                     round_to)
+    kept = slimmer.slim(pair, inputs, protected)
+    requested = getattr(slimmer, "widths_requested", {})
+    layers = [LayerWidth(n, before[n], _out_channels(m), requested.get(n)) for m, n in _prunable_layers(pair).items()]
     result = SlimResult(
         pair.encoder,
         pair.decoder,
         kept,
         (count_parameters(encoder), count_parameters(pair.encoder)),
         (count_parameters(decoder), count_parameters(pair.decoder)),
+        layers,
+        protected,
     )
-    _verify(result, slimmer)
+    _verify(result, requested)
+    with torch.no_grad():
+        if _shapes(pair(*inputs)) != output_shapes:
+            raise SlimmingError("slimming changed the decoder's output shape; add its output layer to keep")
     for module in (result.encoder, result.decoder):
         _sync_spec(module)
         module.zero_grad(set_to_none=True)
     return result
+
+
+def _shapes(outputs: Any) -> list[tuple[int, ...]]:
+    if isinstance(outputs, torch.Tensor):
+        return [tuple(outputs.shape)]
+    values = outputs.values() if isinstance(outputs, Mapping) else outputs
+    return [shape for value in values for shape in _shapes(value)]
 
 
 def _qualify(name: str) -> str:
@@ -249,19 +441,18 @@ def _qualify_spec(spec: WidthSpec) -> WidthSpec:
     return spec
 
 
-def _verify(result: SlimResult, slimmer: Slimmer) -> None:
+def _verify(result: SlimResult, requested: Mapping[str, int]) -> None:
+    """The widths asked for are the widths obtained, and the encoder really shrank."""
     before, after = result.encoder_params
     if after >= before:
         raise SlimmingError(
             f"slimming removed nothing (encoder still has {after:,} parameters); check the width spec, "
             "the kept layers and that example_inputs is a tuple"
         )
-    if isinstance(slimmer, ChannelSlimmer):
-        layers = {n: m for m, n in _prunable_layers(EncoderDecoderPair(result.encoder, result.decoder)).items()}
-        for name, width in slimmer.widths_requested.items():
-            got = _out_channels(layers[name])
-            if got != width:
-                raise SlimmingError(f"layer {name!r} has {got} channels after slimming, {width} were requested")
+    for layer in result.layers:
+        if layer.requested is not None and layer.after != layer.requested:
+            raise SlimmingError(f"layer {layer.name!r} has {layer.after} channels after slimming, "
+                                f"{layer.requested} were requested")
 
 
 def _sync_spec(module: nn.Module) -> None:

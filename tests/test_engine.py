@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from zoo import ResNetDecoder, ResNetEncoder, TokenDecoder, TokenEncoder, UNetDecoder, UNetEncoder
 
-from cdcompress.data import CropSampler, skimage_photos
+from cdcompress.data import Batch, CropSampler, skimage_photos
 from cdcompress.distill import TrainConfig, apply
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
-from cdcompress.slim import SlimmingError, slim_pair
+from cdcompress.slim import Slimming, SlimmingError, slim_pair
 
 
 def checksum(module: nn.Module) -> str:
@@ -81,7 +81,7 @@ def test_apply_trains_a_slim_student_that_drives_the_frozen_collaborator(kind: s
 
 def test_token_encoder_gets_linear_branches() -> None:
     teacher, collaborator = TokenEncoder(), TokenDecoder()
-    distiller = apply(teacher, collaborator, slim=0.5, taps=None, keep=["decoder.fc"],
+    distiller = apply(teacher, collaborator, slim=Slimming(0.5, keep=["decoder.fc"]), taps=None,
                       example_inputs=(torch.rand(1, 3, 32, 32),))
     branch = distiller.branches["output"]
     assert isinstance(branch, nn.Linear) and (branch.in_features, branch.out_features) == (16, 32)
@@ -104,7 +104,7 @@ def test_vgg_slimming_uses_per_filter_l1_and_mirrors_widths() -> None:
 def test_importance_criteria(importance: str) -> None:
     torch.manual_seed(0)
     teacher, collaborator = vgg_pair()
-    distiller = apply(teacher, collaborator, slim=0.5, importance=importance, taps=None)
+    distiller = apply(teacher, collaborator, slim=Slimming(0.5, importance=importance), taps=None)
     assert distiller.student.spec.widths == (8, 8, 16, 16, 32)
     assert count_parameters(distiller.student) < count_parameters(teacher)
 
@@ -112,8 +112,8 @@ def test_importance_criteria(importance: str) -> None:
 def test_random_init_differs_from_pruned_init() -> None:
     torch.manual_seed(0)
     teacher, collaborator = vgg_pair()
-    pruned = apply(teacher, collaborator, slim=0.5, taps=None, init="pruned").student
-    fresh = apply(teacher, collaborator, slim=0.5, taps=None, init="random").student
+    pruned = apply(teacher, collaborator, slim=Slimming(0.5, init="pruned"), taps=None).student
+    fresh = apply(teacher, collaborator, slim=Slimming(0.5, init="random"), taps=None).student
     assert pruned.spec == fresh.spec
     assert not torch.equal(pruned.conv11.weight, fresh.conv11.weight)
 
@@ -201,15 +201,15 @@ class _DivergingTask:
     def set_train(self, mode: bool) -> None:
         self.layer.train(mode)
 
-    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.calls += 1
-        loss = torch.nn.functional.mse_loss(self.layer(batch), batch)
+        loss = torch.nn.functional.mse_loss(self.layer(batch.input), batch.target)
         if self.calls == self.nan_at:
             loss = loss * float("nan")
         return {"total": loss}
 
-    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        return [batch]
+    def samples(self, batch: Batch) -> list[torch.Tensor]:
+        return [batch.input]
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(photos: list[Path], tmp_path: Path) -> None:

@@ -21,48 +21,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CropSampler
+from ..data import Batch, as_batch
 from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, channels_of, flatten_outputs, is_token_feature
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
-from ..slim import Slimmer, SlimResult, WidthSpec, slim_pair, vgg_mirror_widths
+from ..registry import Registry, build, split_reference
+from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
 from .stages import freeze, reinitialize, train_decoder
 from .trainer import TrainConfig, Trainer, TrainResult
 
-OBJECTIVES = ("reconstruction", "style-transfer", "feature-kd")
+OBJECTIVES: Registry[Callable[..., Objective | None]] = Registry("objective")
+"""``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
 
 
 @dataclass
 class ObjectiveContext:
-    """What an objective sees: the batch, the student's embedded outputs (in the encoder's output
-    structure, ready for the collaborator), the frozen collaborator and teacher features."""
+    """What an objective sees: the batch (input and target), the student's embedded outputs (in the
+    encoder's output structure, ready for the collaborator), the frozen collaborator and teacher features
+    of the input."""
 
     images: torch.Tensor
     student_outputs: Any
     teacher_features: dict[str, torch.Tensor]
     collaborator: nn.Module
     perceptual: FeatureExtractor
+    targets: torch.Tensor | None = None
+
+    @property
+    def target(self) -> torch.Tensor:
+        """What the collaborator should produce: the batch's target, or the input for autoencoding data."""
+        return self.images if self.targets is None else self.targets
 
 
 Objective = Callable[[ObjectiveContext], dict[str, torch.Tensor]]
 
 
-def reconstruction_objective(lambda_p: float) -> Objective:
-    """The paper's WCT case: the collaborator must reconstruct the image from Q·F'."""
+class ReconstructionObjective:
+    """The paper's WCT case: the collaborator must produce the target from Q·F' (pixel + λp·perceptual)."""
 
-    def objective(ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
+    def __init__(self, lambda_p: float = 1.0, perceptual_taps: Sequence[str] | None = None) -> None:
+        self.lambda_p = lambda_p
+        self.perceptual_taps = None if perceptual_taps is None else list(perceptual_taps)
+
+    def __call__(self, ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
         output = ctx.collaborator(ctx.student_outputs)
-        targets = {t: ctx.teacher_features[t] for t in ctx.perceptual.taps}
-        return reconstruction_terms(output, ctx.images, ctx.perceptual, lambda_p, targets)
+        if ctx.targets is None:
+            targets = {t: ctx.teacher_features[t] for t in ctx.perceptual.taps}
+            return reconstruction_terms(output, ctx.images, ctx.perceptual, self.lambda_p, targets)
+        return reconstruction_terms(output, ctx.target, ctx.perceptual, self.lambda_p)
 
-    return objective
 
-
-def style_transfer_objective(lambda_s: float) -> Objective:
+class StyleTransferObjective:
     """AdaIN: batches are [content; style]; the collaborator decodes AdaIN(Q·F'_c, Q·F'_s) and is
     judged by content (to the AdaIN target) and style (feature mean/std) losses on teacher features."""
 
-    def objective(ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
+    def __init__(self, lambda_s: float = 10.0, perceptual_taps: Sequence[str] | None = None) -> None:
+        self.lambda_s = lambda_s
+        self.perceptual_taps = None if perceptual_taps is None else list(perceptual_taps)
+
+    def __call__(self, ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
         if not isinstance(ctx.student_outputs, torch.Tensor):
             raise CDCompressError("the style-transfer objective needs an encoder with a single feature-map output")
         half = ctx.images.shape[0] // 2
@@ -71,9 +88,20 @@ def style_transfer_objective(lambda_s: float) -> Objective:
         output = ctx.collaborator(target)
         out_features = ctx.perceptual(output)
         style_features = {t: f[half:] for t, f in ctx.teacher_features.items() if t in ctx.perceptual.taps}
-        return style_transfer_terms(out_features, target, style_features, OUTPUT, lambda_s)
+        return style_transfer_terms(out_features, target, style_features, OUTPUT, self.lambda_s)
 
-    return objective
+
+def reconstruction_objective(lambda_p: float) -> Objective:
+    return ReconstructionObjective(lambda_p)
+
+
+def style_transfer_objective(lambda_s: float) -> Objective:
+    return StyleTransferObjective(lambda_s)
+
+
+OBJECTIVES.register("reconstruction")(ReconstructionObjective)
+OBJECTIVES.register("style-transfer")(StyleTransferObjective)
+OBJECTIVES.register("feature-kd")(lambda **_: None)
 
 
 class Distiller:
@@ -92,6 +120,7 @@ class Distiller:
         perceptual_taps: Sequence[str],
         objective: Objective | None,
         beta: float,
+        example_shape: tuple[int, ...] = (1, 3, 64, 64),
     ) -> None:
         self.teacher = freeze(teacher)
         self.collaborator = freeze(collaborator)
@@ -103,6 +132,7 @@ class Distiller:
         self.template = template  # the encoder's output structure, holding feature names
         self.objective = objective
         self.beta = beta
+        self.example_shape = example_shape
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
         self.perceptual = FeatureExtractor(self.teacher, list(perceptual_taps))
@@ -121,42 +151,48 @@ class Distiller:
         embedded = {name: self.branches[branch_key(name)](f) for name, f in raw.items()}
         return embedded, _restructure(self.template, embedded)
 
-    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch | torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = as_batch(batch)
         with torch.no_grad():
-            teacher = self._teacher_features(batch)
-        embedded, outputs = self.embedded_features(batch)
+            teacher = self._teacher_features(batch.input)
+        embedded, outputs = self.embedded_features(batch.input)
         terms: dict[str, torch.Tensor] = {}
         per_tap = {f"embed/{name}": F.mse_loss(q, teacher[name]) for name, q in embedded.items()}
         terms["embed"] = self.beta * sum(per_tap.values())
         terms.update(per_tap)
         if self.objective is not None:
-            ctx = ObjectiveContext(batch, outputs, teacher, self.collaborator, self.perceptual)
+            ctx = ObjectiveContext(batch.input, outputs, teacher, self.collaborator, self.perceptual,
+                                   batch.target if batch.paired else None)
             terms.update(self.objective(ctx))
         terms["total"] = total(terms)
         return terms
 
-    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        views = [batch, self.collaborator(self.teacher(batch))]
-        views.append(self.collaborator(self.embedded_features(batch)[1]))
-        return views
+    def samples(self, batch: Batch) -> list[torch.Tensor]:
+        views = [batch.input, self.collaborator(self.teacher(batch.input))]
+        views.append(self.collaborator(self.embedded_features(batch.input)[1]))
+        return [*views, batch.target] if batch.paired else views
 
     # ---------------------------------------------------------------- training API
     def fit(
         self,
-        sampler: CropSampler,
+        data: object,
         config: TrainConfig,
         run_dir: str | Path | None = None,
         resume: bool = False,
     ) -> TrainResult:
-        """Stage 2: train student and branches (teacher and collaborator frozen)."""
+        """Stage 2: train student and branches (teacher and collaborator frozen).
+
+        ``data``: a DataLoader or any iterable of batches (image tensors, or ``(input, target)`` pairs for
+        image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.CropSampler`; see
+        :func:`cdcompress.data.batches` for what exact resume needs."""
         device = torch.device(config.device)
         for module in (self.teacher, self.collaborator, self.student, self.branches, self.decoder_init):
             module.to(device)
-        return Trainer(self, sampler, config, run_dir).fit(resume=resume)
+        return Trainer(self, data, config, run_dir).fit(resume=resume)
 
     def train_decoder(
         self,
-        sampler: CropSampler,
+        data: object,
         config: TrainConfig,
         init: str = "pruned",
         lambda_p: float = 1.0,
@@ -173,13 +209,43 @@ class Distiller:
         for p in decoder.parameters():
             p.requires_grad_(True)
         reference = _Sequential(self.teacher, self.collaborator)
-        result = train_decoder(name, self.deployable(), decoder, sampler, config, self.teacher,
+        result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher,
                                self.perceptual.taps, lambda_p, run_dir, resume, reference)
         return decoder, result
 
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""
         return freeze(copy.deepcopy(self.student))
+
+    def save(self, path: str | Path, decoder: nn.Module | None = None, overwrite: bool = False) -> Path:
+        """Write the student (and ``decoder``, normally the stage-3 result) as a model directory.
+
+        A VGG pair is saved in the ``vgg`` family (with its embedding branches); any other pair in the
+        ``module`` family with the slimmed widths recorded, loadable with
+        ``cdcompress.load(path, encoder=teacher_factory, decoder=collaborator_factory)``."""
+        from ..models.format import CDModel, save, save_pair
+        from ..models.vgg import VGGDecoder, VGGEncoder
+
+        decoder = freeze(copy.deepcopy(decoder if decoder is not None else self.decoder_init))
+        encoder = self.deployable()
+        report = {"slimming": {"layers": [layer.as_dict() for layer in self.slimmed.layers],
+                               "encoder_parameters": list(self.slimmed.encoder_params),
+                               "decoder_parameters": list(self.slimmed.decoder_params)}}
+        if isinstance(encoder, VGGEncoder) and isinstance(decoder, VGGDecoder):
+            level = encoder.spec.level
+            model = CDModel(encoders={level: encoder}, decoders={level: decoder}, meta={"source": report})
+            model.branches[level] = portable_branches(self.branches)
+            return save(model, path, overwrite=overwrite)
+        return save_pair(encoder, decoder, path, teacher=(self.teacher, self.collaborator), widths=self.slimmed.widths(),
+                         example_shape=self.example_shape, meta={"source": {"kind": "cdcompress-apply", **report}},
+                         overwrite=overwrite)
+
+
+def portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
+    """A plain copy of the trained branches for the model directory (kept beside the student)."""
+    copy_ = EmbeddingBranches(branches.widths, branches.token_taps)
+    copy_.load_state_dict(branches.state_dict())
+    return copy_
 
 
 
@@ -259,64 +325,65 @@ def apply(
     model: nn.Module,
     collaborator: nn.Module,
     *,
-    slim: WidthSpec | Slimmer = 0.5,
+    slim: WidthSpec | Slimmer | Slimming = 0.5,
+    objective: str | Mapping[str, Any] | Objective | None = "reconstruction",
     taps: str | Sequence[str] | None = "auto",
     beta: float = 10.0,
-    objective: str | Objective | None = "reconstruction",
-    lambda_p: float = 1.0,
-    lambda_s: float = 10.0,
-    perceptual_taps: Sequence[str] | None = None,
-    importance: str = "l1",
-    init: str = "pruned",
-    keep: Sequence[str] = (),
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     seed: int = 0,
+    **objective_options: Any,
 ) -> Distiller:
     """Prepare collaborative distillation of encoder ``model`` against its decoder ``collaborator``.
 
-    ``slim``: width ratio, ``{layer: ratio | width}`` mapping, or a :class:`~cdcompress.slim.Slimmer`.
-    ``taps``: intermediate layers (submodule names) that get embedding branches, ``"auto"`` (the
-    last activation before each downsampling) or ``None`` (outputs only); every encoder output
-    always gets one. ``objective``: ``"reconstruction"``, ``"style-transfer"``, ``"feature-kd"``
-    (embedding loss only, the KD baseline) or a callable ``(ObjectiveContext) -> {term: loss}``.
-    ``init``: ``"pruned"`` (the teacher's strongest filters) or ``"random"``.
+    ``slim``: a width ratio, ``{layer: ratio | width}``, a :class:`~cdcompress.slim.Slimmer`, or a
+    :class:`~cdcompress.slim.Slimming` (importance criterion, ``round_to``, protected layers, init).
+    ``objective``: a registered name (``reconstruction``, ``style-transfer``, ``feature-kd`` = the
+    embedding loss only, the KD baseline), ``{name, kwargs}``, or a callable
+    ``(ObjectiveContext) -> {term: loss}``; further keywords (``lambda_p``, ``lambda_s``,
+    ``perceptual_taps``) configure a named objective. ``taps``: submodule names that get embedding
+    branches, ``"auto"`` (the last activation before each downsampling) or ``None``; every encoder
+    output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. The caller's
+    modules are copied, never changed, and torch's global RNG is left as it was.
     """
-    if init not in ("pruned", "random"):
-        raise CDCompressError(f"init must be 'pruned' or 'random', got {init!r}")
+    slimming = Slimming.of(slim, seed)
+    chosen = _objective(objective, objective_options)
     teacher = freeze(copy.deepcopy(model).cpu())
     collab = freeze(copy.deepcopy(collaborator).cpu())
     if example_inputs is None:
         example_inputs = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed)),)
+    if not isinstance(example_inputs, tuple):
+        raise CDCompressError("example_inputs must be a tuple, e.g. (torch.rand(1, 3, 64, 64),)")
     example = example_inputs[0]
     tap_names = _resolve_taps(teacher, taps, example)
-    width = slim
-    if _is_vgg_pair(teacher, collab) and isinstance(slim, Mapping):
-        width = vgg_mirror_widths(slim, teacher.spec.convs)
+    width = slimming.width
+    if _is_vgg_pair(teacher, collab) and isinstance(width, Mapping):
+        width = vgg_mirror_widths(width, teacher.spec.convs)
     calibrate = None
-    if importance == "taylor":
+    if getattr(resolve_importance(slimming.importance, slimming.seed), "needs_gradients", False):
         def calibrate(pair: nn.Module) -> torch.Tensor:
             return F.mse_loss(pair(example), example)
-    slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, keep, seed, calibrate)
-    if init == "random":
-        reinitialize(slimmed.encoder)
-        reinitialize(slimmed.decoder)
-    for p in slimmed.encoder.parameters():
-        p.requires_grad_(True)
-    torch.manual_seed(seed)
-    branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example)
-    if perceptual_taps is None:
-        perceptual_taps = features
-    chosen = _objective(objective, lambda_p, lambda_s)
-    return Distiller(teacher, collab, slimmed, branches, features, template, perceptual_taps, chosen, beta)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, slimming.importance, slimming.keep,
+                            slimming.seed, calibrate, slimming.round_to)
+        if slimming.init == "random":
+            reinitialize(slimmed.encoder)
+            reinitialize(slimmed.decoder)
+        for p in slimmed.encoder.parameters():
+            p.requires_grad_(True)
+        branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example)
+    perceptual_taps = getattr(chosen, "perceptual_taps", None)
+    return Distiller(teacher, collab, slimmed, branches, features, template,
+                     features if perceptual_taps is None else perceptual_taps, chosen, beta,
+                     tuple(int(d) for d in example.shape))
 
 
-def _objective(objective: str | Objective | None, lambda_p: float, lambda_s: float) -> Objective | None:
-    if callable(objective):
-        return objective
-    if objective in (None, "feature-kd"):
+def _objective(objective: str | Mapping[str, Any] | Objective | None, options: Mapping[str, Any]) -> Objective | None:
+    if objective is None:
         return None
-    if objective == "reconstruction":
-        return reconstruction_objective(lambda_p)
-    if objective == "style-transfer":
-        return style_transfer_objective(lambda_s)
-    raise CDCompressError(f"unknown objective {objective!r}; choose one of {OBJECTIVES} or pass a callable")
+    if callable(objective):
+        if options:
+            raise CDCompressError(f"objective options {sorted(options)} configure a named objective, not a callable")
+        return objective
+    name, kwargs = split_reference(objective)
+    return build(OBJECTIVES, {"name": name, "kwargs": {**kwargs, **options}})

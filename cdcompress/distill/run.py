@@ -24,16 +24,15 @@ from .. import distributed
 from ..cost import count_macs
 from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
-from ..embed import EmbeddingBranches
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
 from ..models.converters import convert_cd_release, convert_torchvision, teacher_architecture
 from ..models.format import CDModel, load, save
 from ..models.registry import resolve_model
 from ..models.vgg import VGGDecoder, VGGEncoder, level_taps
-from ..recipe import Recipe, StageSpec, to_yaml
-from ..slim import count_parameters
-from .distiller import Distiller, apply
+from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
+from ..slim import Slimming, count_parameters
+from .distiller import Distiller, apply, portable_branches
 from .stages import freeze, train_decoder
 from .trainer import TrainConfig
 
@@ -204,12 +203,18 @@ class RecipeRun:
         if level in recipe.student.level_width:
             base = {"*": width} if not isinstance(width, dict) else dict(width)
             width = {**base, **recipe.student.level_width[level]}
+        student = recipe.student
+        slimming = Slimming(width, plugin_reference(student.importance), student.round_to, student.keep, student.init,
+                            recipe.seed)
+        objective = recipe.objective
+        options = {"lambda_s": objective.lambda_s} if objective.kind == "style-transfer" else (
+            {"lambda_p": objective.lambda_p} if objective.kind == "reconstruction" else {})
+        if objective.kind != "feature-kd":
+            options["perceptual_taps"] = self._perceptual_taps(teacher.encoder, level)
         distiller = apply(
-            teacher.encoder, collaborator, slim=width, taps=self._taps(teacher.encoder, level), beta=recipe.embed.beta,
-            objective=recipe.objective.kind, lambda_p=recipe.objective.lambda_p, lambda_s=recipe.objective.lambda_s,
-            perceptual_taps=self._perceptual_taps(teacher.encoder, level), importance=recipe.student.importance,
-            init=recipe.student.init, keep=recipe.student.keep, seed=recipe.seed,
-            example_inputs=(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed)),),
+            teacher.encoder, collaborator, slim=slimming, objective=objective.kind, taps=self._taps(teacher.encoder, level),
+            beta=recipe.embed.beta, seed=recipe.seed,
+            example_inputs=(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed)),), **options,
         )
         distiller.name = f"distill_L{level}"
         stage = recipe.stages.distill
@@ -252,7 +257,7 @@ class RecipeRun:
             student.encoders[level] = distiller.deployable()
             student.decoders[level] = decoder
             if isinstance(distiller.student, VGGEncoder) and isinstance(decoder, VGGDecoder):
-                student.branches[level] = _portable_branches(distiller.branches)
+                student.branches[level] = portable_branches(distiller.branches)
             teachers[level] = (teacher, collaborator)
             distillers[level] = distiller
         student.meta = {"name": f"{self.recipe.name}-student", "source": {"kind": "cdcompress-distill",
@@ -290,13 +295,6 @@ def _fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
     raise CDCompressError(
         "stage 1 can build a decoder only for VGG teachers; have the teacher import return (encoder, decoder)"
     )
-
-
-def _portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
-    """A plain copy of the trained branches for the model directory (kept beside the student)."""
-    copy_ = EmbeddingBranches(branches.widths, branches.token_taps)
-    copy_.load_state_dict(branches.state_dict())
-    return copy_
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:

@@ -1,7 +1,8 @@
 """Stage 1 (a collaborator decoder for a teacher) and stage 3 (a small decoder for the student).
 
 Both are decoder-training tasks against a frozen encoder with the reconstruction loss: pixel
-MSE + lambda_p * perceptual MSE on frozen-teacher features.
+MSE + lambda_p * perceptual MSE on frozen-teacher features, between ``decoder(encoder(input))`` and
+the batch's target (the input itself for autoencoding data, the clean image for paired data).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import CropSampler
+from ..data import Batch
 from ..losses import FeatureExtractor, reconstruction_terms, total
 from .trainer import TrainConfig, Trainer, TrainResult
 
@@ -38,7 +39,7 @@ def reinitialize(module: nn.Module) -> nn.Module:
 
 
 class DecoderTask:
-    """Train ``decoder`` so ``decoder(encoder(x))`` reconstructs ``x`` (encoder frozen)."""
+    """Train ``decoder`` so ``decoder(encoder(input))`` reproduces the target (encoder frozen)."""
 
     def __init__(
         self,
@@ -62,27 +63,27 @@ class DecoderTask:
     def set_train(self, mode: bool) -> None:
         self.decoder.train(mode)
 
-    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            features = self.encoder(batch)
+            features = self.encoder(batch.input)
         output = self.decoder(features)
-        terms = reconstruction_terms(output, batch, self.perceptual, self.lambda_p)
+        terms = reconstruction_terms(output, batch.target, self.perceptual, self.lambda_p)
         terms["total"] = total(terms)
         return terms
 
-    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        views = [batch]
+    def samples(self, batch: Batch) -> list[torch.Tensor]:
+        views = [batch.input]
         if self.reference is not None:
-            views.append(self.reference(batch))
-        views.append(self.decoder(self.encoder(batch)))
-        return views
+            views.append(self.reference(batch.input))
+        views.append(self.decoder(self.encoder(batch.input)))
+        return [*views, batch.target] if batch.paired else views
 
 
 def train_decoder(
     name: str,
     encoder: nn.Module,
     decoder: nn.Module,
-    sampler: CropSampler,
+    data: object,
     config: TrainConfig,
     perceptual_net: nn.Module | None = None,
     perceptual_taps: Sequence[str] = (),
@@ -97,4 +98,4 @@ def train_decoder(
     if perceptual_net is not None and perceptual_taps and lambda_p > 0:
         perceptual = FeatureExtractor(freeze(copy.deepcopy(perceptual_net)).to(device), perceptual_taps)
     task = DecoderTask(name, encoder.to(device), decoder.to(device), perceptual, lambda_p, reference)
-    return Trainer(task, sampler, config, run_dir).fit(resume=resume)
+    return Trainer(task, data, config, run_dir).fit(resume=resume)

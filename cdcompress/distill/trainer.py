@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import CropSampler, batches
+from ..data import Batch, batches
 from ..errors import CDCompressError
 from ..images import save_image
 from ..losses import detach_terms
@@ -84,9 +84,9 @@ class Task(Protocol):
 
     def trainable_modules(self) -> dict[str, nn.Module]: ...
 
-    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]: ...
 
-    def samples(self, batch: torch.Tensor) -> list[torch.Tensor]: ...
+    def samples(self, batch: Batch) -> list[torch.Tensor]: ...
 
     def set_train(self, mode: bool) -> None: ...
 
@@ -142,10 +142,11 @@ def atomic_torch_save(obj: object, path: Path) -> None:
 
 
 class Trainer:
-    """Runs a :class:`Task` for ``config.steps`` steps over a :class:`CropSampler`."""
+    """Runs a :class:`Task` for ``config.steps`` steps over ``data`` (see :func:`cdcompress.data.batches`:
+    a :class:`~cdcompress.data.CropSampler`, a DataLoader or any iterable of batches, or a factory of one)."""
 
-    def __init__(self, task: Task, sampler: CropSampler, config: TrainConfig, run_dir: str | Path | None = None) -> None:
-        self.task, self.sampler, self.config = task, sampler, config
+    def __init__(self, task: Task, data: object, config: TrainConfig, run_dir: str | Path | None = None) -> None:
+        self.task, self.data, self.config = task, data, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(config.device)
         self.modules = task.trainable_modules()
@@ -213,7 +214,7 @@ class Trainer:
         bar = tqdm(total=self.config.steps, initial=start, desc=f"stage {self.task.name}", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
         last_good = start
-        stream = batches(self.sampler, start, self.config.steps, self.config.workers,
+        stream = batches(self.data, start, self.config.steps, self.config.workers,
                          distributed.rank(), distributed.world_size())
         for step, batch in enumerate(stream, start=start):
             terms = self._step(batch.to(self.device), step)
@@ -236,9 +237,9 @@ class Trainer:
         self.task.set_train(False)
         return TrainResult(self.task.name, self.config.steps, time.perf_counter() - began, history, start)
 
-    def _step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
+    def _step(self, batch: Batch, step: int) -> dict[str, float]:
         if self.config.channels_last and self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = _channels_last(batch)
         amp = self.config.amp != "off" and self.device.type == "cuda"
         dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=amp):
@@ -263,7 +264,7 @@ class Trainer:
         return distributed.mean_over_processes(detach_terms(terms))
 
     # ------------------------------------------------------------------ outputs
-    def write_samples(self, batch: torch.Tensor, step: int) -> Path | None:
+    def write_samples(self, batch: Batch, step: int) -> Path | None:
         """A PNG grid: one row per sample image, one column per view the task shows."""
         if self.run_dir is None or not distributed.is_main():
             return None
@@ -292,9 +293,11 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def _channels_last(batch: Batch) -> Batch:
+    image = batch.input.contiguous(memory_format=torch.channels_last)
+    return Batch(image, image if not batch.paired else batch.target.contiguous(memory_format=torch.channels_last))
+
+
 def _is_later(record: dict, stage: str, step: int) -> bool:
     return record.get("stage") == stage and int(record.get("step", 0)) > step
 
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -4,10 +4,15 @@ A :class:`CDModel` is a set of encoders and decoders indexed by cut level (the p
 encoder/decoder pair per level) plus optional training-only embedding branches. Loading rebuilds
 every module from the JSON spec and fills it from safetensors, so nothing is ever unpickled;
 each weights file carries a SHA-256 in the spec and a mismatch is reported as corruption.
+
+Family ``vgg`` describes its modules completely in JSON. Family ``module`` holds any other
+encoder-decoder pair as one level (1): the file records widths and, at most, the *name* of a registered
+factory; the architecture comes from the caller (see :mod:`cdcompress.models.pair`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -23,6 +28,7 @@ from ..atomic import staged_directory, write_json
 from ..embed import EmbeddingBranches
 from ..errors import CheckpointError, ModelFormatError
 from .checkpoint import load_weights, read_state_dict
+from .pair import MODULE_FAMILY, Factory, architecture_record, rebuild
 from .vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
 
 FORMAT_NAME = "cdcompress-model"
@@ -58,8 +64,11 @@ class CDModel:
         """Levels usable end to end (an encoder, exact or cut from a deeper one, and a decoder)."""
         return sorted(k for k in self.decoders if self._encoder_source(k) is not None)
 
-    def encoder(self, level: int) -> nn.Module:
-        """The encoder for ``level``: its own if present, else the next deeper one cut at ``level``."""
+    def encoder(self, level: int | None = None) -> nn.Module:
+        """The encoder for ``level``: its own if present, else the next deeper one cut at ``level``.
+
+        ``level`` may be omitted for single-level models (every ``module``-family pair)."""
+        level = self._only_level(level)
         source = self._encoder_source(level)
         if source is None:
             have = sorted(self.encoders) or "none"
@@ -73,11 +82,20 @@ class CDModel:
             self._cuts[key] = enc.truncated(level).train(enc.training)
         return self._cuts[key]
 
-    def decoder(self, level: int) -> nn.Module:
+    def decoder(self, level: int | None = None) -> nn.Module:
+        level = self._only_level(level)
         if level not in self.decoders:
             have = sorted(self.decoders) or "none"
             raise ModelFormatError(f"model has no decoder for level {level} (decoders: {have}); convert or train one")
         return self.decoders[level]
+
+    def _only_level(self, level: int | None) -> int:
+        if level is not None:
+            return level
+        levels = sorted(set(self.encoders) | set(self.decoders))
+        if len(levels) != 1:
+            raise ModelFormatError(f"model has levels {levels}; name one (e.g. encoder({levels[-1] if levels else 1}))")
+        return levels[0]
 
     def _encoder_source(self, level: int) -> int | None:
         deeper = [k for k in self.encoders if k >= level]
@@ -113,7 +131,9 @@ def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
     for role, table in (("encoder", model.encoders), ("decoder", model.decoders)):
         for level in sorted(table):
             module = table[level]
-            entry = {"role": role, "level": level, "spec": module.spec.to_dict(), "file": f"{role}{level}.safetensors"}
+            entry = {"role": role, "level": level, "file": f"{role}{level}.safetensors"}
+            if model.family != MODULE_FAMILY:
+                entry["spec"] = module.spec.to_dict()
             entries.append((entry, module))
     for level in sorted(model.branches):
         branches = model.branches[level]
@@ -183,21 +203,30 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         version=FORMAT_VERSION, error=ModelFormatError, missing="create one with `cdcompress convert`",
         fix="restore or re-create the model", upgrade="upgrade cdcompress",
     )
-    if spec.get("family") not in FAMILIES:
-        raise ModelFormatError(f"{spec_path}: unknown model family {spec.get('family')!r}; known: {sorted(FAMILIES)}")
+    if spec.get("family") not in (*FAMILIES, MODULE_FAMILY):
+        raise ModelFormatError(f"{spec_path}: unknown model family {spec.get('family')!r}; "
+                               f"known: {sorted([*FAMILIES, MODULE_FAMILY])}")
     if not isinstance(spec.get("parts"), list):
         raise ModelFormatError(f"{spec_path}: 'parts' must be a list; restore or re-create the model")
     return spec
 
 
-def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> CDModel:
-    """Rebuild a :class:`CDModel` from its directory (no pickle involved), in eval mode."""
+def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = True, *,
+         encoder: Factory | None = None, decoder: Factory | None = None) -> CDModel:
+    """Rebuild a :class:`CDModel` from its directory (no pickle involved), in eval mode.
+
+    A ``module``-family directory (any architecture) needs the teacher's shapes: ``encoder``/``decoder``
+    factories (zero-argument callables, or teacher modules to copy), unless it names an architecture
+    registered by code the caller imported. Nothing named in the directory is ever imported or called."""
     path = Path(path)
     spec = read_spec(path)
-    family = FAMILIES[spec["family"]]
     model = CDModel(family=spec["family"], meta={k: v for k, v in spec.items() if k not in {"parts"}})
+    built = _module_pair(spec, path, encoder, decoder) if spec["family"] == MODULE_FAMILY else None
     for entry in spec["parts"]:
-        module, table = _build_part(model, family, entry, path)
+        if built is not None:
+            module, table = _pair_part(model, built, entry, path)
+        else:
+            module, table = _build_part(model, FAMILIES[spec["family"]], entry, path)
         weights = path / entry["file"]
         if not weights.is_file():
             raise ModelFormatError(f"{weights}: missing weights file listed in {SPEC_FILE}; restore or re-create the model")
@@ -206,6 +235,51 @@ def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = Tr
         load_weights(module, read_state_dict(weights), weights)
         table[int(entry["level"])] = module.to(device).eval()
     return model
+
+
+def _module_pair(spec: Mapping[str, Any], path: Path, encoder: Factory | None,
+                 decoder: Factory | None) -> dict[str, nn.Module]:
+    record = spec.get("architecture")
+    if not isinstance(record, Mapping):
+        raise ModelFormatError(f"{path / SPEC_FILE}: a module-family model needs an 'architecture' record; re-create it")
+    enc, dec = rebuild(record, str(path / SPEC_FILE), encoder, decoder)
+    return {"encoder": enc, "decoder": dec}
+
+
+def _pair_part(model: CDModel, built: Mapping[str, nn.Module], entry: Mapping[str, Any],
+               path: Path) -> tuple[nn.Module, dict]:
+    role = entry.get("role") if isinstance(entry, Mapping) else None
+    if role not in built or entry.get("level") != 1:
+        raise ModelFormatError(f"{path / SPEC_FILE}: a module-family model holds one encoder and one decoder at level 1, "
+                               f"got part {entry!r}; re-create the model")
+    return built[role], (model.encoders if role == "encoder" else model.decoders)
+
+
+def save_pair(encoder: nn.Module, decoder: nn.Module, path: str | Path, *, teacher: tuple[nn.Module, nn.Module] | None = None,
+              widths: Mapping[str, int] | None = None, example_shape: tuple[int, ...] = (1, 3, 64, 64),
+              meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Save any encoder-decoder pair as a ``module``-family model directory.
+
+    ``teacher``: the full-width pair it was slimmed from, with ``widths`` (every layer's absolute width,
+    :meth:`cdcompress.slim.SlimResult.widths`); omit both to save a pair as it is (e.g. a teacher). The
+    record is checked by rebuilding it before anything is written, so a saved model always loads."""
+    source = teacher or (encoder, decoder)
+    record = architecture_record(source[0], source[1], widths if teacher else None, example_shape)
+    _check_rebuilds(record, source, (encoder, decoder))
+    model = CDModel(family=MODULE_FAMILY, encoders={1: encoder}, decoders={1: decoder},
+                    meta={**(meta or {}), "architecture": record})
+    return save(model, path, overwrite=overwrite)
+
+
+def _check_rebuilds(record: Mapping[str, Any], teacher: tuple[nn.Module, nn.Module], pair: tuple[nn.Module, nn.Module]) -> None:
+    rebuilt = rebuild(record, "save", copy.deepcopy(teacher[0]), copy.deepcopy(teacher[1]))
+    for role, want, got in zip(("encoder", "decoder"), pair, rebuilt, strict=True):
+        shapes = {k: tuple(v.shape) for k, v in want.state_dict().items()}
+        again = {k: tuple(v.shape) for k, v in got.state_dict().items()}
+        if shapes != again:
+            diff = sorted(k for k in set(shapes) | set(again) if shapes.get(k) != again.get(k))
+            raise ModelFormatError(f"the {role} cannot be rebuilt from its teacher and the recorded widths (differs at "
+                                   f"{diff[:3]}); save the decoder that train_decoder returned, or the pair as it is")
 
 
 def _build_part(model: CDModel, family: Family, entry: Mapping[str, Any], path: Path) -> tuple[nn.Module, dict]:
@@ -225,4 +299,4 @@ def _build_part(model: CDModel, family: Family, entry: Mapping[str, Any], path: 
         raise ModelFormatError(f"{path / SPEC_FILE}: malformed part {dict(entry)!r} ({exc}); re-create the model") from None
 
 
-__all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "sha256_file"]
+__all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "save_pair", "sha256_file"]
