@@ -108,3 +108,40 @@ class TokenDecoder(nn.Module):
         b, n, _ = tokens.shape
         x = self.fc(tokens).transpose(1, 2).reshape(b, 3 * 16, self.size, self.size)
         return torch.sigmoid(F.pixel_shuffle(x, 4))
+
+
+def conv_gn(cin: int, cout: int, stride: int = 1, groups: int = 4) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(groups, cout), nn.SiLU())
+
+
+class GNUNetEncoder(nn.Module):
+    """Stride-2 convs, GroupNorm; returns a tuple of skips (full, 1/2) and the 1/4 bottleneck."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.enc1 = conv_gn(3, width)
+        self.enc2 = conv_gn(width, 2 * width, stride=2)
+        self.enc3 = conv_gn(2 * width, 4 * width, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s1 = self.enc1(x)
+        s2 = self.enc2(s1)
+        return s1, s2, self.enc3(s2)
+
+
+class GNUNetDecoder(nn.Module):
+    """ConvTranspose upsampling, concatenated skips, GroupNorm, a 1x1 RGB head."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = conv_gn(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = conv_gn(2 * width, width)
+        self.head = nn.Conv2d(width, 3, 1)
+
+    def forward(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        s1, s2, bottom = features
+        x = self.dec2(torch.cat([self.up2(bottom), s2], dim=1))
+        x = self.dec1(torch.cat([self.up1(x), s1], dim=1))
+        return self.head(x)

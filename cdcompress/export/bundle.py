@@ -24,6 +24,7 @@ from torch import nn
 
 from ..atomic import staged_directory, write_json
 from ..models.format import SPEC_FILE, CDModel, read_format_json, read_spec, sha256_file
+from ..models.pair import MODULE_FAMILY
 from .errors import ExportError
 from .onnx import (
     ROLES,
@@ -37,7 +38,7 @@ from .onnx import (
     verification_image,
     verify_graph,
 )
-from .profiles import ExportProfile
+from .profiles import ExportProfile, load_profile
 
 BUNDLE_FORMAT = "cdcompress-bundle"
 BUNDLE_VERSION = 1
@@ -54,14 +55,24 @@ class ExportResult:
     rows: list[ParityRow] = field(default_factory=list)
 
 
-def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile, levels: Sequence[int] | None = None, *,
-                  model_ref: str = "", model_dir: Path | None = None, tensorrt: bool = False, overwrite: bool = False,
-                  echo: Callable[[str], None] = print, progress: bool = True) -> ExportResult:
+def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile | str | None = None,
+                  levels: Sequence[int] | None = None, *, model_ref: str = "", model_dir: Path | None = None,
+                  tensorrt: bool = False, overwrite: bool = False, echo: Callable[[str], None] = print,
+                  progress: bool = True) -> ExportResult:
     """Export, verify and (optionally) build engines for ``levels`` of ``model`` into bundle ``out``.
 
+    ``profile``: an :class:`ExportProfile` or a profile name/path (default ``onnx-dynamic``). A
+    ``module``-family model (any encoder-decoder pair) exports as ``enc1``/``dec1`` graphs.
     Raises :class:`ExportError` (and writes nothing) when any graph misses the profile's tolerance.
     """
+    if not isinstance(profile, ExportProfile):
+        profile = load_profile(profile or "onnx-dynamic")
     out = Path(out)
+    if model.family == MODULE_FAMILY:
+        if tensorrt:
+            raise ExportError("TensorRT engines are built for VGG-family bundles only; export the ONNX graphs and build "
+                              "engines with trtexec")
+        return _export_pair_bundle(model, out, profile, model_ref, model_dir, overwrite, echo, progress)
     levels = _check_levels(model, levels)
     trt = None
     if tensorrt:  # fail in a second, not after minutes of export
@@ -83,6 +94,46 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile, level
 
             engines = build_engines(trt, staging, parts, profile, progress)
         manifest = _manifest(model, model_ref, model_dir, profile, levels, entries, rows, engines, staging)
+        write_json(staging / MANIFEST_FILE, manifest)
+    return ExportResult(out, manifest, rows)
+
+
+def _export_pair_bundle(model: CDModel, out: Path, profile: ExportProfile, model_ref: str, model_dir: Path | None,
+                        overwrite: bool, echo: Callable[[str], None], progress: bool) -> ExportResult:
+    """Encoder and decoder graphs of any pair, verified on the profile's sizes (rounded to the pair's stride)."""
+    from tqdm import tqdm
+
+    from .pair import FlatDecoder, FlatEncoder, check_sizes, export_pair_graph, pair_cases, strides, verify_pair_graph
+    from .runtime import make_session
+
+    require_onnx()
+    if profile.precision != "fp32":
+        raise ExportError("fp16 export is available for VGG-family bundles only; export this pair in float32")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+    encoder, decoder = model.encoder(), model.decoder()
+    channels = int(model.meta.get("architecture", {}).get("example_input", [1, 3])[1])
+    deepest = max(strides(encoder, channels))
+    sizes = [profile.shape] * FIXED_SHAPE_CASES if profile.shape else check_sizes(profile.check_sizes, deepest)
+    cases = pair_cases(encoder, sizes, channels)
+    entries: dict[str, dict[str, Any]] = {}
+    rows: list[ParityRow] = []
+    with staged_directory(out) as staging, reuse_torchlib_registry():
+        for name, role in tqdm((("enc1", "encoder"), ("dec1", "decoder")), desc="export", unit="graph",
+                               disable=not progress, file=sys.stderr):
+            io = export_pair_graph(encoder if role == "encoder" else (encoder, decoder), role, staging / f"{name}.onnx",
+                                   profile.opset, profile.shape, channels)
+            reference = FlatEncoder(encoder) if role == "encoder" else FlatDecoder(decoder, io["structure"])
+            rows += verify_pair_graph(make_session(staging / f"{name}.onnx"), reference.eval(), name, cases[role],
+                                      profile.tolerance)
+            entries[name] = {"role": role, "level": 1, "file": f"{name}.onnx", **io,
+                             "parameters_sha256": parameters_sha256(encoder if role == "encoder" else decoder)}
+        echo(format_parity_table(rows))
+        check_parity(rows)
+        manifest = _manifest(model, model_ref, model_dir, profile, [1], entries, rows, None, staging)
+        manifest.update(family=MODULE_FAMILY, input={"layout": "NCHW", "channels": channels, "dtype": "float32",
+                                                     "multiple_of": deepest},
+                        normalisation={"where": "inside the user's encoder, if any"})
         write_json(staging / MANIFEST_FILE, manifest)
     return ExportResult(out, manifest, rows)
 
@@ -155,7 +206,7 @@ def parameters_sha256(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 

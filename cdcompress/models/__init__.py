@@ -1,7 +1,7 @@
 """Architectures, the native model format and converters from external weights."""
 
 from .converters import convert_cd_release, convert_torchvision, student_architecture, teacher_architecture
-from .format import CDModel, load, save
+from .format import CDModel, load, save, save_pair
 from .vgg import VGG19_WIDTHS, VGGDecoder, VGGEncoder, VGGSpec, conv_names, fused_inference, level_taps
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "level_taps",
     "load",
     "save",
+    "save_pair",
     "student_architecture",
     "teacher_architecture",
 ]
