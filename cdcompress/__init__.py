@@ -1,5 +1,6 @@
 """cdcompress: Collaborative Distillation for encoder-decoder networks."""
 
+from . import export
 from .data import Batch
 from .distill import Distiller, ObjectiveContext, TrainConfig, apply
 from .errors import CDCompressError
@@ -11,5 +12,5 @@ from .stylize import stylize as stylize  # the API function; the subpackage stay
 __version__ = "0.1.0"
 
 __all__ = ["ARCHITECTURES", "Batch", "CDCompressError", "CDModel", "Distiller", "ObjectiveContext", "Slimming",
-           "TrainConfig", "VGGDecoder", "VGGEncoder", "VGGSpec", "__version__", "apply", "load", "save", "save_pair",
+           "TrainConfig", "VGGDecoder", "VGGEncoder", "VGGSpec", "__version__", "apply", "export", "load", "save", "save_pair",
            "stylize"]

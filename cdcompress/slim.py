@@ -271,7 +271,7 @@ def head_layers(pair: nn.Module, example_inputs: tuple[Any, ...]) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    return [f"decoder.{order[-1]}"] if order else []
+    return [f"decoder.{order[-1]}".rstrip(".")] if order else []
 
 
 def _out_channels(layer: nn.Module) -> int:

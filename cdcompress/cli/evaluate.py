@@ -30,13 +30,19 @@ _json_option = click.option("--json", "json_path", type=click.Path(dir_okay=Fals
 @eval_group.command("recon")
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--level", type=click.IntRange(1, 5), required=True, help="Encoder/decoder level (relu{k}_1).")
+@click.option("--level", type=click.IntRange(1, 5), help="Encoder/decoder level (relu{k}_1) [a single-level model's only one].")
 @click.option("--crop-multiple", type=click.IntRange(min=1), default=DEFAULT_CROP_MULTIPLE, show_default=True,
               help="Crop each image top-left to a multiple of this.")
 @_json_option
-def recon(model: str, images: tuple[Path, ...], level: int, crop_multiple: int, json_path: Path | None) -> None:
+def recon(model: str, images: tuple[Path, ...], level: int | None, crop_multiple: int, json_path: Path | None) -> None:
     """Encoder -> decoder reconstruction PSNR and SSIM per image for MODEL at --level."""
+    from ..errors import CDCompressError
+
     loaded, _ = resolve_model(model)
+    if level is None:
+        if len(loaded.levels) != 1:
+            raise CDCompressError(f"{model} has levels {loaded.levels}; pass --level")
+        level = loaded.levels[0]
     results = reconstruction(loaded, level, images, crop_multiple)
     click.echo(format_recon_table(results))
     _write_json(json_path, [r.as_dict() for r in results])
@@ -90,19 +96,35 @@ def style(model: str, content_dir: Path, style_dir: Path, eval_encoder: str, met
 @click.option("--verify", is_flag=True, help="Run once at the predicted untiled limit to check it (slow).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Timed stylizations per measured run; the fastest is reported (steadier on shared machines).")
+@click.option("--teacher", help="Any-pair models: the teacher model directory to compare with "
+                                "[default: the teacher architecture, rebuilt with random weights].")
+@click.option("--no-onnx", is_flag=True, help="Any-pair models: time PyTorch only (no onnxruntime).")
 @_json_option
 def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads: int, max_memory: str,
-         probe_sizes: str, verify: bool, repeats: int, json_path: Path | None) -> None:
-    """Parameters, bytes, MACs, wall time, peak memory and the largest square within --max-memory."""
+         probe_sizes: str, verify: bool, repeats: int, teacher: str | None, no_onnx: bool, json_path: Path | None) -> None:
+    """Parameters, bytes, MACs, wall time, peak memory and the largest square within --max-memory.
+
+    For an any-pair (module-family) model: teacher vs student parameters, MACs at --time-size and measured
+    latency on PyTorch and onnxruntime in one interleaved run (median of --repeats rounds)."""
     from ..cost import cost_report, format_cost_table
     from ..errors import CDCompressError
     from ..stylize.tiling import parse_memory
+
+    loaded, _ = resolve_model(model)
+    if loaded.family == "module":
+        from ..pair_cost import compare, format_pair_cost, teacher_shapes
+
+        reference = resolve_model(teacher)[0] if teacher else teacher_shapes(loaded)
+        side = time_size or 512
+        rows = compare(reference, loaded, (side, side), repeats=max(repeats, 3), threads=threads, onnx=not no_onnx)
+        click.echo(format_pair_cost(rows, (side, side)))
+        _write_json(json_path, {"size": [side, side], "threads": threads, "rows": [r.as_dict() for r in rows]})
+        return
 
     try:
         probes = tuple(int(p) for p in probe_sizes.split(",") if p.strip())
     except ValueError:
         raise CDCompressError(f"--probe-sizes {probe_sizes!r}: expected comma-separated sides such as 256,512") from None
-    resolve_model(model)  # fail fast, before any subprocess, on a bad reference
     report = cost_report(model, list(parse_levels(levels)), size=size, time_size=time_size, tile=tile,
                          threads=threads, budget=parse_memory(max_memory), probe_sizes=probes, verify=verify,
                          repeats=repeats)

@@ -39,5 +39,12 @@ def _raise_exit(signum: int, frame: object) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cdcompress")
-def main() -> None:
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first, so the architectures and plug-ins it registers can be named (repeatable). "
+                   "Model files can only name registered factories; nothing they say is imported.")
+def main(imports: tuple[str, ...]) -> None:
     """Collaborative Distillation: compress encoder-decoder networks and deploy them."""
+    if imports:
+        from ..registry import import_modules
+
+        import_modules(list(imports))
