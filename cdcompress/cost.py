@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import CDCompressError
 from .models.format import CDModel, read_spec
 from .models.vgg import count_parameters
+from .slim import EncoderDecoderPair
 
 
 @dataclass
@@ -62,14 +63,14 @@ def model_costs(model: CDModel, size: tuple[int, int] = (512, 512), model_dir: P
     for level in levels:
         encoder = model.encoder(level)
         note = "" if level in model.encoders else f"cut from encoder {min(k for k in model.encoders if k > level)}"
-        stride = 2 ** (level - 1)
-        rows.append(PartCost("encoder", level, count_parameters(encoder), sizes.get(("encoder", level)),
-                             count_macs(encoder, (1, 3, h, w)), note))
+        image = (1, _image_channels(model), h, w)
+        encoder_macs = count_macs(encoder, image)
+        rows.append(PartCost("encoder", level, count_parameters(encoder), sizes.get(("encoder", level)), encoder_macs, note))
         if level in model.decoders:
             decoder = model.decoder(level)
-            feat_shape = (1, decoder.spec.widths[-1], h // stride, w // stride)
-            rows.append(PartCost("decoder", level, count_parameters(decoder), sizes.get(("decoder", level)),
-                                 count_macs(decoder, feat_shape)))
+            # Counted through the pair, so any encoder output structure (tuples of skips, dicts) just works.
+            decoder_macs = count_macs(EncoderDecoderPair(encoder, decoder), image) - encoder_macs
+            rows.append(PartCost("decoder", level, count_parameters(decoder), sizes.get(("decoder", level)), decoder_macs))
     for level in sorted(model.branches):
         branches = model.branches[level]
         taps = ", ".join(f"{t} {i}->{o}" for t, (i, o) in branches.widths.items())
@@ -78,6 +79,10 @@ def model_costs(model: CDModel, size: tuple[int, int] = (512, 512), model_dir: P
         rows.append(PartCost("branches", level, count_parameters(branches), sizes.get(("branches", level)), None,
                              f"training only: {taps}{total}"))
     return rows
+
+
+def _image_channels(model: CDModel) -> int:
+    return int(model.meta.get("architecture", {}).get("example_input", [1, 3])[1])
 
 
 def format_table(rows: list[PartCost], size: tuple[int, int]) -> str:

@@ -95,7 +95,7 @@ def _teacher_part(record: Mapping[str, Any], role: str, factory: Factory | None,
     name, kwargs = registered.get("name"), registered.get("kwargs")
     if isinstance(name, str) and name in ARCHITECTURES and isinstance(kwargs, dict):
         return ARCHITECTURES.get(name)(**kwargs)
-    hint = (f"import the module that registers architecture {name!r} (--import MODULE on the CLI)" if name
-            else "pass the factory of its teacher shape")
-    raise ModelFormatError(f"{where}: the {role} is a user architecture ({entry.get('class')}); rebuild it with "
-                           f"cdcompress.load(path, encoder=..., decoder=...) or {hint}")
+    cli = (f"--import the module that registers architecture {name!r}" if name
+           else "register its factory with @cdcompress.ARCHITECTURES.register and --import that module")
+    raise ModelFormatError(f"{where}: the {role} is a user architecture ({entry.get('class')}); rebuild it in Python with "
+                           f"cdcompress.load(path, encoder=..., decoder=...) or, on the CLI, {cli}")
