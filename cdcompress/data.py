@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import CDCompressError, ImageError
 from .images import list_images, load_image
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +293,17 @@ class _Steps(Dataset):
 
     def __getitem__(self, i: int) -> object:
         return self.sampler.shard(self.steps[i], self.rank, self.world)
+
+
+DATA_SOURCES: Registry[Any] = Registry("data source")
+"""``name -> factory(paths, batch_size, resize, crop, seed, **kwargs) -> training data`` for recipes:
+a sampler, an iterable of batches or a factory of one (see :func:`batches`)."""
+
+
+@DATA_SOURCES.register("images")
+def image_crops(paths: Sequence[Path], batch_size: int, resize: int, crop: int, seed: int) -> CropSampler:
+    """The paper's data: resized, randomly cropped and flipped photos, each image its own target."""
+    return CropSampler(paths, batch_size=batch_size, resize=resize, crop=crop, seed=seed)
 
 
 def skimage_photos(folder: str | Path) -> list[Path]:

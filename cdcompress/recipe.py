@@ -46,7 +46,7 @@ class PluginName(_Strict):
 PluginRef = str | PluginName
 
 
-def _registered(registry: Any, value: PluginRef) -> PluginRef:
+def _registered(registry: Any, value: Any) -> Any:
     """Registry names are checked while validating, so a typo is a recipe error, not a crash mid-run."""
     try:
         registry.get(value if isinstance(value, str) else value.name)
@@ -61,13 +61,20 @@ def plugin_reference(value: PluginRef) -> str | dict[str, Any]:
 
 
 class TeacherSpec(_Strict):
-    """Where the teacher (and possibly its decoders) come from."""
+    """Where the teacher (and possibly its decoders) come from: a registered teacher source."""
 
-    source: Literal["model", "cd-release", "torchvision", "builtin", "import"]
+    source: str = Field(description="model | cd-release | torchvision | builtin | import | a registered user source")
     path: str = Field(description="model dir | release dir | torchvision .pth | builtin name | package.module:callable")
     variant: Literal["student", "base"] = "student"
     pretrained: Literal["auto", "none"] = "auto"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _source_registered(cls, value: str) -> str:
+        from .distill.teachers import TEACHER_SOURCES
+
+        return _registered(TEACHER_SOURCES, value)
 
 
 class CollaboratorSpec(_Strict):
@@ -104,13 +111,25 @@ class EmbedSpec(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    kind: Literal["reconstruction", "style-transfer", "feature-kd"] = "reconstruction"
+    """A registered objective (``reconstruction``, ``style-transfer``, ``feature-kd`` or a user's) and its options:
+    ``lambda_p``/``lambda_s``/``perceptual_taps`` reach the objectives that take them, ``kwargs`` a user's."""
+
+    kind: str = "reconstruction"
     lambda_p: float = Field(1.0, ge=0)
     lambda_s: float = Field(10.0, ge=0)
     perceptual_taps: list[str] | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_registered(cls, value: str) -> str:
+        from .distill.distiller import OBJECTIVES
+
+        return _registered(OBJECTIVES, value)
 
 
 class DataSpec(_Strict):
+    source: PluginRef = "images"
     train: list[str] = Field(min_length=1)
     style: list[str] = Field(default_factory=list)
     eval: list[str] = Field(default_factory=list)
@@ -118,6 +137,13 @@ class DataSpec(_Strict):
     crop: int = Field(256, gt=0)
     workers: int = Field(0, ge=0)
     eval_size: int = Field(512, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _source_registered(cls, value: PluginRef) -> PluginRef:
+        from .data import DATA_SOURCES
+
+        return _registered(DATA_SOURCES, value)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataSpec:

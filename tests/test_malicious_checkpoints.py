@@ -108,7 +108,7 @@ def test_distill_teachers_from_crafted_files(teacher: str, crafted_model_dir: Pa
         _craft(evil / "release" / name, marker)
     # The built-in teacher picks up ImageNet weights from torch's hub cache: plant a crafted file there.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    from cdcompress.distill.run import torchvision_cache_file
+    from cdcompress.distill.teachers import torchvision_cache_file
 
     _craft(torchvision_cache_file(), marker)
     recipe = tmp_path / "r.yaml"

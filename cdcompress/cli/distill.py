@@ -46,8 +46,10 @@ def _relaunch_with_torchrun(nproc: int, recipe_ref: str, overrides: tuple[str, .
     import subprocess
     import sys
 
+    imports = [arg for module in click.get_current_context().find_root().params.get("imports", ())
+               for arg in ("--import", module)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "cdcompress", "distill", "--recipe", recipe_ref]
+               "-m", "cdcompress", *imports, "distill", "--recipe", recipe_ref]
     for item in overrides:
         command += ["--set", item]
     if out is not None:

@@ -19,7 +19,8 @@ from ..models.format import CDModel
 
 if TYPE_CHECKING:
     from .distiller import Distiller
-    from .run import RecipeRun, Teacher
+    from .run import RecipeRun
+    from .teachers import Teacher
 
 
 @torch.no_grad()

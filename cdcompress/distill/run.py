@@ -8,7 +8,6 @@ checkpoint; finished stages are restored instantly.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
@@ -22,79 +21,27 @@ from torch import nn
 
 from .. import distributed
 from ..cost import count_macs
-from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
+from ..data import DATA_SOURCES, CropSampler, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
-from ..models.converters import convert_cd_release, convert_torchvision, teacher_architecture
-from ..models.format import CDModel, load, save
-from ..models.registry import resolve_model
+from ..models.format import CDModel, save
 from ..models.vgg import VGGDecoder, VGGEncoder, level_taps
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
+from ..registry import build
 from ..slim import Slimming, count_parameters
-from .distiller import Distiller, apply, portable_branches
+from .distiller import OBJECTIVES, Distiller, apply, portable_branches
 from .stages import freeze, train_decoder
+from .teachers import Teacher, load_teacher
 from .trainer import TrainConfig
 
 log = logging.getLogger(__name__)
-
-TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
-
-
-@dataclass
-class Teacher:
-    encoder: nn.Module
-    decoder: nn.Module | None
-    note: str
-    randomly_initialised: bool = False
-
 
 @dataclass
 class RunResult:
     run_dir: Path
     report: dict[str, Any]
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def torchvision_cache_file() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_VGG19
-
-
-def load_teacher(recipe: Recipe, level: int) -> Teacher:
-    spec = recipe.teacher
-    if spec.source == "model":
-        model = load(spec.path)
-        return Teacher(model.encoder(level), model.decoders.get(level), f"model directory {spec.path}")
-    if spec.source == "cd-release":
-        model = convert_cd_release(spec.path, spec.variant, (level,))
-        return Teacher(model.encoders[level], model.decoders[level], f"released {spec.variant} checkpoints in {spec.path}")
-    if spec.source == "torchvision":
-        return Teacher(convert_torchvision(spec.path).encoder(level), None, f"torchvision VGG-19 weights {spec.path}")
-    if spec.source == "builtin":
-        return _builtin_teacher(spec.path, spec.pretrained, level)
-    return _imported_teacher(spec.path, spec.kwargs, level)
-
-
-def _builtin_teacher(name: str, pretrained: str, level: int) -> Teacher:
-    cached = torchvision_cache_file()
-    if name == "vgg19" and pretrained == "auto" and cached.is_file():
-        return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
-    model = teacher_architecture(levels=(level,)) if name == "vgg19" else resolve_model(name)[0]
-    note = (f"RANDOMLY INITIALISED {name} (no ImageNet weights: run `cdcompress weights download vgg19` "
-            "for a meaningful teacher)")
-    return Teacher(model.encoder(level), None, note, randomly_initialised=True)
-
-
-def _imported_teacher(target: str, kwargs: dict[str, Any], level: int) -> Teacher:
-    module_name, _, attr = target.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CDCompressError(f"teacher import {target!r} failed ({exc}); check package.module:callable") from None
-    params = inspect.signature(factory).parameters
-    built = factory(**({"level": level} if "level" in params else {}), **kwargs)
-    encoder, decoder = built if isinstance(built, tuple) else (built, None)
-    return Teacher(encoder, decoder, f"imported from {target}")
 
 
 # --------------------------------------------------------------------------- data
@@ -151,12 +98,13 @@ class RecipeRun:
             self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
         self.stage_seconds: dict[str, float] = {}
         self.notes: list[str] = []
-        self.samplers: list[CropSampler] = []
+        self.samplers: list[Any] = []
 
-    def sampler(self, paths: list[Path], batch: int, offset: int) -> CropSampler:
-        """A stage's deterministic crop sampler (kept, to report the images it had to skip)."""
+    def sampler(self, paths: list[Path], batch: int, offset: int) -> Any:
+        """A stage's training data from the recipe's data source (kept, to report the images it had to skip)."""
         d = self.recipe.data
-        made = CropSampler(paths, batch_size=batch, resize=d.resize, crop=d.crop, seed=self.recipe.seed * 1000 + offset)
+        made = build(DATA_SOURCES, plugin_reference(d.source), paths=paths, batch_size=batch, resize=d.resize,
+                     crop=d.crop, seed=self.recipe.seed * 1000 + offset)
         self.samplers.append(made)
         return made
 
@@ -207,10 +155,10 @@ class RecipeRun:
         slimming = Slimming(width, plugin_reference(student.importance), student.round_to, student.keep, student.init,
                             recipe.seed)
         objective = recipe.objective
-        options = {"lambda_s": objective.lambda_s} if objective.kind == "style-transfer" else (
-            {"lambda_p": objective.lambda_p} if objective.kind == "reconstruction" else {})
-        if objective.kind != "feature-kd":
-            options["perceptual_taps"] = self._perceptual_taps(teacher.encoder, level)
+        standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
+                    "perceptual_taps": self._perceptual_taps(teacher.encoder, level)}
+        accepted = inspect.signature(OBJECTIVES.get(objective.kind)).parameters
+        options = {**{k: v for k, v in standard.items() if k in accepted}, **objective.kwargs}
         distiller = apply(
             teacher.encoder, collaborator, slim=slimming, objective=objective.kind, taps=self._taps(teacher.encoder, level),
             beta=recipe.embed.beta, seed=recipe.seed,
@@ -241,6 +189,15 @@ class RecipeRun:
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
+    def _save_student(self, student: CDModel, distillers: dict[int, Distiller]) -> None:
+        """VGG students as one multi-level model directory; any other pair per level in the module family."""
+        if _is_vgg(student):
+            save(student, self.run_dir / "student", overwrite=True)
+            return
+        for level, distiller in distillers.items():
+            name = "student" if len(distillers) == 1 else f"student_L{level}"
+            distiller.save(self.run_dir / name, decoder=student.decoders[level], overwrite=True)
+
     def execute(self) -> RunResult:
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +205,7 @@ class RecipeRun:
         torch.manual_seed(self.recipe.seed)
         student, teachers, distillers = CDModel(), {}, {}
         for level in self.recipe.levels:
-            teacher = load_teacher(self.recipe, level)
+            teacher = load_teacher(self.recipe.teacher, level)
             if teacher.randomly_initialised:
                 log.warning("teacher: %s", teacher.note)
             collaborator = self.collaborator(level, teacher)
@@ -262,11 +219,9 @@ class RecipeRun:
             distillers[level] = distiller
         student.meta = {"name": f"{self.recipe.name}-student", "source": {"kind": "cdcompress-distill",
                                                                           "recipe": self.recipe.name}}
-        if not all(isinstance(m, (VGGEncoder, VGGDecoder)) for m in [*student.encoders.values(), *student.decoders.values()]):
-            self.notes.append("student is not a VGG-family model: weights kept in checkpoints/, no student/ directory")
-        elif distributed.is_main():
-            save(student, self.run_dir / "student", overwrite=True)
-        skipped = {path: why for sampler in self.samplers for path, why in sampler.skipped.items()}
+        if distributed.is_main():
+            self._save_student(student, distillers)
+        skipped = {path: why for sampler in self.samplers for path, why in getattr(sampler, "skipped", {}).items()}
         if skipped:
             self.notes.append(_skip_summary(skipped))
         report: dict[str, Any] = {}
@@ -276,6 +231,10 @@ class RecipeRun:
             report = write_outputs(self, student, teachers, distillers)
         distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+def _is_vgg(model: CDModel) -> bool:
+    return all(isinstance(m, (VGGEncoder, VGGDecoder)) for m in [*model.encoders.values(), *model.decoders.values()])
 
 
 def _skip_summary(skipped: dict[str, str], shown: int = 20) -> str:

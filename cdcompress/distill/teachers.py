@@ -1,0 +1,94 @@
+"""Teacher sources: where a recipe's teacher encoder (and its decoder, the collaborator) come from.
+
+Each source is a registered factory ``(path, level, ...) -> Teacher | (encoder, decoder) | encoder``;
+a recipe names it in ``teacher.source`` and its other fields (``path``, ``variant``, ``pretrained``,
+``kwargs``) are passed to the factory by name. Users add sources with
+``@TEACHER_SOURCES.register("name")`` in a module they ``--import``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CDCompressError
+from ..models.converters import convert_cd_release, convert_torchvision, teacher_architecture
+from ..models.format import load
+from ..models.registry import resolve_model
+from ..registry import Registry, import_callable
+
+TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
+
+TEACHER_SOURCES: Registry[Any] = Registry("teacher source")
+
+
+@dataclass
+class Teacher:
+    encoder: nn.Module
+    decoder: nn.Module | None
+    note: str
+    randomly_initialised: bool = False
+
+
+def torchvision_cache_file() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_VGG19
+
+
+def load_teacher(spec: Any, level: int) -> Teacher:
+    """The teacher of ``level`` from the recipe's ``teacher`` section (a :class:`~cdcompress.recipe.TeacherSpec`)."""
+    factory = TEACHER_SOURCES.get(spec.source)
+    fields = {"path": spec.path, "level": level, "variant": spec.variant, "pretrained": spec.pretrained}
+    accepted = inspect.signature(factory).parameters
+    built = factory(**{k: v for k, v in fields.items() if k in accepted}, **spec.kwargs)
+    return as_teacher(built, f"teacher source {spec.source} ({spec.path})")
+
+
+def as_teacher(built: Any, note: str) -> Teacher:
+    if isinstance(built, Teacher):
+        return built
+    encoder, decoder = built if isinstance(built, tuple) else (built, None)
+    if not isinstance(encoder, nn.Module) or not (decoder is None or isinstance(decoder, nn.Module)):
+        raise CDCompressError(f"{note}: expected an encoder module or an (encoder, decoder) pair, got {type(built).__name__}")
+    return Teacher(encoder, decoder, note)
+
+
+@TEACHER_SOURCES.register("model")
+def model_directory(path: str, level: int) -> Teacher:
+    model = load(path)
+    return Teacher(model.encoder(level), model.decoders.get(level), f"model directory {path}")
+
+
+@TEACHER_SOURCES.register("cd-release")
+def cd_release(path: str, level: int, variant: str = "student") -> Teacher:
+    model = convert_cd_release(path, variant, (level,))
+    return Teacher(model.encoders[level], model.decoders[level], f"released {variant} checkpoints in {path}")
+
+
+@TEACHER_SOURCES.register("torchvision")
+def torchvision_vgg19(path: str, level: int) -> Teacher:
+    return Teacher(convert_torchvision(path).encoder(level), None, f"torchvision VGG-19 weights {path}")
+
+
+@TEACHER_SOURCES.register("builtin")
+def builtin(path: str, level: int, pretrained: str = "auto") -> Teacher:
+    cached = torchvision_cache_file()
+    if path == "vgg19" and pretrained == "auto" and cached.is_file():
+        return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
+    model = teacher_architecture(levels=(level,)) if path == "vgg19" else resolve_model(path)[0]
+    note = (f"RANDOMLY INITIALISED {path} (no ImageNet weights: run `cdcompress weights download vgg19` "
+            "for a meaningful teacher)")
+    return Teacher(model.encoder(level), None, note, randomly_initialised=True)
+
+
+@TEACHER_SOURCES.register("import")
+def imported(path: str, level: int, **kwargs: Any) -> Teacher:
+    """``package.module:callable`` named by the recipe author; called with ``level`` if it takes one."""
+    factory = import_callable(path)
+    params = inspect.signature(factory).parameters
+    built = factory(**({"level": level} if "level" in params else {}), **kwargs)
+    return as_teacher(built, f"imported from {path}")
