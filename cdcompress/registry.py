@@ -36,7 +36,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
-            if name in self._entries and self._entries[name] is not obj:
+            if name in self._entries and not _same_definition(self._entries[name], obj):
                 raise RegistryError(f"{self.axis} {name!r} is already registered; pick another name")
             self._entries[name] = obj
             return obj
@@ -60,6 +60,14 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def _same_definition(old: object, new: object) -> bool:
+    """The same object, or the same definition re-executed (a reloaded module): replacing it is safe."""
+    def where(obj: object) -> tuple[object, object]:
+        return getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+
+    return old is new or (where(old) == where(new) and where(old)[1] is not None)
 
 
 def split_reference(ref: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
