@@ -102,6 +102,30 @@ def test_depthwise_grouped_and_instancenorm_slim_consistently() -> None:
     d.losses(torch.rand(2, 3, 16, 16))  # the slimmed graph runs
 
 
+class _TokenEncoderWithLayerNorm(nn.Module):
+    """Patch tokens, LayerNorm and a residual MLP: [B, N, C] features."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.patch(x).flatten(2).transpose(1, 2))
+        return tokens + self.fc2(self.act(self.fc1(tokens)))
+
+
+def test_layernorm_and_linear_tokens_slim_with_the_residual() -> None:
+    from zoo import TokenDecoder
+
+    d = cdcompress.apply(_TokenEncoderWithLayerNorm(), TokenDecoder(), slim=cdcompress.Slimming(0.5, keep=["decoder.fc"]),
+                         taps=None, example_inputs=(torch.rand(1, 3, 32, 32),))
+    assert d.student.norm.normalized_shape == (16,) and d.student.fc2.out_features == 16
+    assert isinstance(d.branches["output"], nn.Linear)
+    assert torch.isfinite(d.losses(torch.rand(2, 3, 32, 32))["total"])
+
+
 def test_importance_plugins_from_torch_pruning_and_the_registry() -> None:
     import torch_pruning as tp
 
@@ -216,4 +240,8 @@ def test_registered_architecture_loads_through_the_cli(tmp_path: Path, monkeypat
                                 "--time-size", "64", "--repeats", "3", "--threads", "1"])
     assert cost.exit_code == 0, cost.output
     assert "onnxruntime ms" in cost.output and "| teacher / student |" in cost.output
+    exported = runner.invoke(main, ["--import", "userpkg.models", "export", str(tmp_path / "student"), "--onnx", "--quiet",
+                                    "--out", str(tmp_path / "bundle")])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["family"] == "module"
     sys.modules.pop("userpkg.models", None)
