@@ -4,6 +4,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cdcompress
+from cdcompress.metrics import psnr
 
 
 class Encoder(nn.Module):  # your encoder: any nn.Module; several outputs (U-Net skips) are fine
@@ -52,5 +53,5 @@ d.save("out/student", decoder=small, overwrite=True)  # model.json + safetensors
 m = cdcompress.load("out/student", encoder=Encoder, decoder=Decoder)  # factories of the teacher's shapes
 cdcompress.export.export_bundle(m, "out/bundle", overwrite=True)  # ONNX graphs, parity-checked on onnxruntime
 with torch.no_grad():
-    print("student PSNR on the training photo:", cdcompress.metrics.psnr(m.decoder()(m.encoder()(photo[None])).clamp(0, 1),
-                                                                        photo[None]))
+    restored = m.decoder()(m.encoder()(photo[None])).clamp(0, 1)
+print("student PSNR on the training photo:", psnr(restored, photo[None]))
