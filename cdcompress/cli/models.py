@@ -8,7 +8,7 @@ import click
 
 from ..atomic import write_json
 from ..cost import format_table, model_costs
-from ..models.converters import RELEASE_VARIANTS, convert_cd_release, convert_torchvision
+from ..models.converters import RELEASE_VARIANTS, convert_cd_release, convert_torchvision, convert_wct_pytorch
 from ..models.format import save
 from ..models.registry import BUILTIN_HELP, resolve_model
 from .main import main
@@ -39,8 +39,9 @@ inspect.help = (inspect.help or "") + f"\n\n{BUILTIN_HELP}"
 
 
 @main.command()
-@click.option("--from", "source", type=click.Choice(["cd-release", "torchvision"]), required=True,
-              help="Layout of the input weights.")
+@click.option("--from", "source", type=click.Choice(["cd-release", "torchvision", "wct-pytorch"]), required=True,
+              help="Layout of the input weights (wct-pytorch: the WCT teacher's vgg_normalised_conv{k}_1.pth / "
+                   "feature_invertor_conv{k}_1.pth folder, every level it holds).")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
 @click.option("--variant", type=click.Choice(sorted(RELEASE_VARIANTS)), default="student", show_default=True,
@@ -59,6 +60,8 @@ def convert(source: str, src: Path, out: Path, variant: str, levels: str, decode
     if source == "cd-release":
         pattern = decoder_pattern if decoder_pattern != "d{k}.pth" else None
         model = convert_cd_release(src, variant, parse_levels(levels), decoder_pattern=pattern)
+    elif source == "wct-pytorch":
+        model = convert_wct_pytorch(src)
     else:
         model = convert_torchvision(src, padding, decoders, decoder_pattern)
     save(model, out, overwrite=force)

@@ -1,6 +1,6 @@
 """Converters from external weight layouts into :class:`~cdcompress.models.format.CDModel`.
 
-Two sources are supported:
+Three sources are supported:
 
 * ``cd-release``: the paper's released per-level checkpoints (``se{k}.pth`` / ``sd{k}.pth`` for the
   16x students, ``e{k}_base.pth`` / ``d{k}_base.pth`` for their pruned initialisations). Keys already
@@ -8,6 +8,11 @@ Two sources are supported:
   reads the paper's full-width teacher decoders (identical key names, VGG-19 widths).
 * ``torchvision``: a VGG-19 state dict (``features.N.*``); ImageNet mean/std normalisation is folded
   into the 1x1 ``conv0`` so it runs in the same encoder as the released models.
+
+* ``wct-pytorch``: the original WCT teacher (Li et al. 2017) in its common PyTorch conversion:
+  ``vgg_normalised_conv{k}_1.pth`` / ``feature_invertor_conv{k}_1.pth``, state dicts of ``nn.Sequential``
+  whose keys are layer indices. Convolutions are matched in order; max-pooling uses ceil mode and the
+  decoders' RGB conv has no ReLU, as in that network.
 
 Widths and cut level are inferred from tensor shapes, then checked by a strict load.
 """
@@ -207,3 +212,74 @@ def student_architecture(ratio: float = 0.25, levels: tuple[int, ...] = LEVELS, 
     )
     model.meta = {"name": f"vgg19-x{ratio:g}-architecture", "source": {"kind": "architecture", "weights": "random"}}
     return model
+
+
+#: File names of the WCT teacher's PyTorch conversion (pietrocarbo/deep-transfer, models/autoencoder_vgg19/vgg19_k).
+WCT_FILES = ("vgg_normalised_conv{k}_1.pth", "feature_invertor_conv{k}_1.pth")
+_SEQUENTIAL_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
+
+
+def _sequential_convs(state: Mapping[str, torch.Tensor], source: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of each conv of an ``nn.Sequential`` state dict, in layer order."""
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        match = _SEQUENTIAL_KEY.match(key)
+        if not match:
+            raise CheckpointError(f"{source}: unexpected key {key!r}; expected an nn.Sequential state dict ('0.weight', ...) "
+                                  "of the WCT conversion")
+        layers.setdefault(int(match[1]), {})[match[2]] = tensor
+    convs = []
+    for index in sorted(layers):
+        layer = layers[index]
+        if set(layer) != {"weight", "bias"} or layer["weight"].dim() != 4:
+            raise CheckpointError(f"{source}: layer {index} is not a convolution with bias; is this a WCT encoder/decoder file?")
+        convs.append((layer["weight"], layer["bias"]))
+    return convs
+
+
+def _wct_state(names: list[str], convs: list[tuple[torch.Tensor, torch.Tensor]], source: Path) -> dict[str, torch.Tensor]:
+    if len(convs) != len(names):
+        raise CheckpointError(f"{source}: {len(convs)} convolutions, a level-{int(names[-1][4]) if names else 0} "
+                              f"WCT file has {len(names)}; the file does not match its name")
+    return {f"{name}.{part}": tensor for name, (w, b) in zip(names, convs, strict=True)
+            for part, tensor in (("weight", w), ("bias", b))}
+
+
+def convert_wct_pytorch(directory: str | Path) -> CDModel:
+    """The WCT VGG-19 teacher: the deepest encoder present (serving every shallower level) and one trained
+    decoder per level, from whatever levels ``directory`` holds. Shared layers must agree across the per-level
+    encoder files (they are truncations of one VGG-19)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory; pass the folder holding vgg_normalised_conv{{k}}_1.pth files")
+    levels = [k for k in LEVELS if all((directory / f.format(k=k)).is_file() for f in WCT_FILES)]
+    if not levels:
+        raise CheckpointError(f"{directory}: no level has both {WCT_FILES[0].format(k='K')} and {WCT_FILES[1].format(k='K')}; "
+                              "download them with `cdcompress weights download wct-vgg19`")
+    encoders: dict[int, VGGEncoder] = {}
+    decoders: dict[int, VGGDecoder] = {}
+    for k in levels:
+        enc_path, dec_path = (directory / f.format(k=k) for f in WCT_FILES)
+        enc_state = _wct_state(["conv0", *conv_names(k)], _sequential_convs(read_state_dict(enc_path), enc_path), enc_path)
+        widths = tuple(int(enc_state[f"{name}.weight"].shape[0]) for name in conv_names(k))
+        encoders[k] = VGGEncoder(VGGSpec(k, widths, ceil_pool=True))
+        load_weights(encoders[k], enc_state, enc_path)
+        dec_state = _wct_state(list(reversed(conv_names(k))), _sequential_convs(read_state_dict(dec_path), dec_path), dec_path)
+        decoders[k] = VGGDecoder(VGGSpec(k, widths, output_relu=False))
+        load_weights(decoders[k], dec_state, dec_path)
+    deepest = max(levels)
+    _check_truncations(encoders, deepest, directory)
+    files = {f.format(k=k): sha256_file(directory / f.format(k=k)) for k in levels for f in WCT_FILES}
+    return CDModel(encoders={deepest: encoders[deepest]}, decoders=decoders,
+                   meta={"name": "wct-vgg19", "normalisation": "conv0: RGB [0,1] -> Caffe BGR*255 minus the VGG mean",
+                         "source": {"kind": "wct-pytorch", "directory": str(directory), "levels": levels,
+                                    "sha256": files}})
+
+
+def _check_truncations(encoders: Mapping[int, VGGEncoder], deepest: int, directory: Path) -> None:
+    full = encoders[deepest].state_dict()
+    for k, encoder in encoders.items():
+        for key, tensor in encoder.state_dict().items():
+            if not torch.equal(tensor, full[key]):
+                raise CheckpointError(f"{directory}: {WCT_FILES[0].format(k=k)} and {WCT_FILES[0].format(k=deepest)} "
+                                      f"disagree at {key}; the files are not cut from one VGG-19 (mixed downloads?)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +59,15 @@ class VGGSpec:
 
     ``widths`` gives the output channels of conv11 .. conv{level}1 in order; a decoder built from
     the same spec consumes ``widths[-1]`` channels and maps back through the same widths to RGB.
+    ``ceil_pool`` (max-pooling rounds odd sizes up) and ``output_relu=False`` (no ReLU after the RGB
+    conv) describe the original WCT teacher; the paper's released students use the defaults.
     """
 
     level: int
     widths: tuple[int, ...] = field(default=())
     padding: str = "reflect"
+    ceil_pool: bool = False
+    output_relu: bool = True
 
     def __post_init__(self) -> None:
         _check_level(self.level)
@@ -87,13 +91,13 @@ class VGGSpec:
 
     def scaled(self, ratio: float) -> VGGSpec:
         """Same topology with every width multiplied by ``ratio`` (at least one channel)."""
-        return VGGSpec(self.level, tuple(max(1, round(w * ratio)) for w in self.widths), self.padding)
+        return replace(self, widths=tuple(max(1, round(w * ratio)) for w in self.widths))
 
     def truncated(self, level: int) -> VGGSpec:
         """The spec of the shallower encoder this one contains."""
         if level > self.level:
             raise ValueError(f"cannot cut a level-{self.level} spec at deeper level {level}")
-        return VGGSpec(level, self.widths[: len(conv_names(level))], self.padding)
+        return replace(self, level=level, widths=self.widths[: len(conv_names(level))])
 
     @property
     def convs(self) -> list[str]:
@@ -113,11 +117,17 @@ class VGGSpec:
         return 2 ** (self.level - 1)
 
     def to_dict(self) -> dict:
-        return {"level": self.level, "widths": list(self.widths), "padding": self.padding}
+        data = {"level": self.level, "widths": list(self.widths), "padding": self.padding}
+        if self.ceil_pool:
+            data["ceil_pool"] = True
+        if not self.output_relu:
+            data["output_relu"] = False
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> VGGSpec:
-        return cls(int(data["level"]), tuple(int(w) for w in data["widths"]), str(data.get("padding", "reflect")))
+        return cls(int(data["level"]), tuple(int(w) for w in data["widths"]), str(data.get("padding", "reflect")),
+                   bool(data.get("ceil_pool", False)), bool(data.get("output_relu", True)))
 
 
 def _conv3x3(cin: int, cout: int, padding: str) -> nn.Conv2d:
@@ -230,7 +240,7 @@ class VGGEncoder(_VGGBase):
             if int(name[4]) != stage:
                 stage = int(name[4])
                 pool = f"pool{stage - 1}"
-                self.add_module(pool, nn.MaxPool2d(kernel_size=2, stride=2))
+                self.add_module(pool, nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=spec.ceil_pool))
                 self.plan.append(pool)
             self.add_module(name, _conv3x3(cin, width, spec.padding))
             self.add_module(relu_name(name), nn.ReLU())
@@ -242,7 +252,7 @@ class VGGEncoder(_VGGBase):
 
     def sync_spec(self) -> None:
         """Re-read the widths from the layers (after channel slimming changed them)."""
-        self.spec = VGGSpec(self.spec.level, tuple(getattr(self, n).out_channels for n in self.spec.convs), self.spec.padding)
+        self.spec = replace(self.spec, widths=tuple(getattr(self, n).out_channels for n in self.spec.convs))
 
     def features(self, x: torch.Tensor, taps: Iterable[str]) -> dict[str, torch.Tensor]:
         """Activations at the named taps (e.g. ``relu1_1``, ``relu3_1``) in one pass."""
@@ -260,8 +270,9 @@ class VGGDecoder(_VGGBase):
     """Features at ``relu{level}_1`` -> RGB, mirroring a :class:`VGGEncoder` of the same spec.
 
     The decoder conv named like an encoder conv undoes it: ``convXY`` maps that conv's width back
-    to the width before it (``conv11`` maps to 3 channels). Every conv, the last included, is
-    followed by ReLU, and nearest 2x upsampling follows each ``conv{j}1`` with j >= 2.
+    to the width before it (``conv11`` maps to 3 channels). Every conv is followed by ReLU (the last
+    one too, unless ``spec.output_relu`` is False), and nearest 2x upsampling follows each
+    ``conv{j}1`` with j >= 2.
     """
 
     def __init__(self, spec: VGGSpec) -> None:
@@ -273,8 +284,10 @@ class VGGDecoder(_VGGBase):
             name = names[i]
             cout = spec.widths[i - 1] if i > 0 else 3
             self.add_module(name, _conv3x3(spec.widths[i], cout, spec.padding))
-            self.add_module(relu_name(name), nn.ReLU())
-            self.plan += [name, relu_name(name)]
+            self.plan.append(name)
+            if i > 0 or spec.output_relu:
+                self.add_module(relu_name(name), nn.ReLU())
+                self.plan.append(relu_name(name))
             if name.endswith("1") and name != "conv11":
                 up = f"up{name[4]}"
                 self.add_module(up, nn.Upsample(scale_factor=2, mode="nearest"))
@@ -288,7 +301,7 @@ class VGGDecoder(_VGGBase):
 
     def sync_spec(self) -> None:
         """Re-read the widths from the layers (after channel slimming changed them)."""
-        self.spec = VGGSpec(self.spec.level, tuple(getattr(self, n).in_channels for n in self.spec.convs), self.spec.padding)
+        self.spec = replace(self.spec, widths=tuple(getattr(self, n).in_channels for n in self.spec.convs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
