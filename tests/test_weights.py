@@ -78,3 +78,37 @@ def test_unreachable_mirror_is_one_line(tmp_path: Path, server: tuple[str, Path]
     lines = error_lines(result.output)
     assert result.exit_code == 2 and len(lines) == 1 and "download of" in lines[0], result.output
     assert list(cache.iterdir()) == []
+
+
+WCT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wct-vgg19"
+
+
+def test_wct_teacher_downloads_verifies_and_converts(server: tuple[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Levels 1-2 by SHA-256 from a mirror laid out like the pinned repository; a level-3 file given a git blob id."""
+    if not (WCT / "vgg_normalised_conv2_1.pth").is_file():
+        pytest.skip("../shared/reference/wct-vgg19 is not available")
+    base, root = server
+    for k in (1, 2, 3):
+        (root / f"vgg19_{k}").mkdir()
+        for name in (f"vgg_normalised_conv{k}_1.pth", f"feature_invertor_conv{k}_1.pth"):
+            (root / f"vgg19_{k}" / name).write_bytes((WCT / name).read_bytes())
+    level3 = (weights.git_blob_id(WCT / "vgg_normalised_conv3_1.pth"), weights.git_blob_id(WCT / "feature_invertor_conv3_1.pth"))
+    monkeypatch.setitem(weights.WCT_CHECKSUMS, 3, level3)
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["weights", "download", "wct-vgg19", "--levels", "1-3", "--dest", str(cache),
+                                       "--url", base])
+    assert result.exit_code == 0, result.output
+    from cdcompress.models import load
+
+    model = load(cache / "wct-vgg19")
+    assert model.levels == [1, 2, 3] and model.meta["source"]["kind"] == "wct-pytorch"
+
+    # A tampered file on the mirror is refused by its git blob id, and no model appears from it.
+    (root / "vgg19_3" / "feature_invertor_conv3_1.pth").write_bytes(b"tampered")
+    other = tmp_path / "other"
+    result = CliRunner().invoke(main, ["weights", "download", "wct-vgg19", "--levels", "3", "--dest", str(other),
+                                       "--url", base])
+    lines = error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1 and "git blob id" in lines[0], result.output
+    assert not (other / "wct-vgg19").exists()

@@ -9,6 +9,7 @@ import click
 from ..recipe import bundled_recipes, check_paths, load_recipe, to_yaml
 from ..weights import KNOWN_WEIGHTS, download
 from .main import main
+from .options import parse_levels
 
 
 @main.command()
@@ -86,10 +87,18 @@ def weights() -> None:
 
 
 @weights.command("download")
-@click.argument("name", type=click.Choice(sorted(KNOWN_WEIGHTS)))
+@click.argument("name", type=click.Choice(sorted([*KNOWN_WEIGHTS, "wct-vgg19"])))
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), help="Folder (default: torch hub cache).")
-@click.option("--url", help="Download from this mirror instead of the official address.")
-def download_cmd(name: str, dest: Path | None, url: str | None) -> None:
-    """Download NAME and verify its published SHA-256."""
+@click.option("--url", help="Download from this mirror instead of the official address (wct-vgg19: the folder "
+                            "holding vgg19_1 .. vgg19_5).")
+@click.option("--levels", default="1-5", show_default=True, help="wct-vgg19: the levels to fetch, e.g. 1-3.")
+def download_cmd(name: str, dest: Path | None, url: str | None, levels: str) -> None:
+    """Download NAME and verify its published checksum (wct-vgg19: also convert it into a model directory)."""
+    if name == "wct-vgg19":
+        from ..weights import download_wct
+
+        path = download_wct(tuple(sorted(parse_levels(levels))), dest, url)
+        click.echo(f"wrote {path} (the WCT VGG-19 teacher, levels {levels}; use it as --set teacher.path={path})")
+        return
     path = download(name, dest, url)
     click.echo(f"wrote {path} ({KNOWN_WEIGHTS[name].description})")
