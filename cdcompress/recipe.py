@@ -79,6 +79,8 @@ class TeacherSpec(_Strict):
 
 class CollaboratorSpec(_Strict):
     source: Literal["teacher", "train"] = "teacher"
+    min_psnr: float = Field(15.0, ge=0, description="stop before stage 2 when the teacher's decoder reconstructs the eval "
+                                                     "images worse than this (dB): it is not a trained collaborator; 0 = off")
 
 
 class StudentSpec(_Strict):
@@ -389,6 +391,14 @@ def load_recipe(ref: str | Path, overrides: list[str] | None = None) -> Recipe:
     return validate(data, str(ref))
 
 
+_WHERE_TO_GET = {
+    "model": "get the paper's WCT teacher with `cdcompress weights download wct-vgg19` (then --set teacher.path=<the "
+             "printed folder>) or convert a local copy with `cdcompress convert --from wct-pytorch DIR --out MODEL_DIR`",
+    "cd-release": "point it at the folder holding the released se{k}.pth/sd{k}.pth files",
+    "torchvision": "get vgg19-dcbb9e9d.pth with `cdcompress weights download vgg19`",
+}
+
+
 def check_paths(recipe: Recipe, source: str) -> None:
     """Every file and folder the run needs exists and every dataset is non-empty."""
     from .data import image_paths
@@ -396,7 +406,7 @@ def check_paths(recipe: Recipe, source: str) -> None:
 
     teacher = recipe.teacher
     if teacher.source in ("model", "cd-release", "torchvision") and not Path(teacher.path).exists():
-        raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; fix the path")
+        raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; {_WHERE_TO_GET[teacher.source]}")
     if teacher.source == "builtin" and not is_builtin(teacher.path):
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")
     if teacher.source == "import" and ":" not in teacher.path:

@@ -74,3 +74,34 @@ def test_mixed_or_missing_files_are_one_line(wct_dir: Path, tmp_path: Path) -> N
     result = runner.invoke(main, ["convert", "--from", "wct-pytorch", str(mixed), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "disagree at conv11.weight" in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_headline_recipe_runs_from_the_converted_teacher(teacher_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+    small = ["--set", "device=cpu", "--set", f"teacher.path={teacher_dir}", "--set", f"data.train=[{images_dir / 'content'}]",
+             "--set", f"data.eval=[{images_dir / 'style' / 'in3.jpg'}]", "--set", "data.resize=40", "--set", "data.crop=32",
+             "--set", "data.workers=0", "--set", "data.eval_size=64", "--set", "levels=[1,2,4]"]
+    for stage in ("distill", "decoder"):
+        small += ["--set", f"stages.{stage}.steps=2", "--set", f"stages.{stage}.batch=2"]
+    result = CliRunner().invoke(main, ["distill", "--recipe", "wct_vgg19", *small, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "ran [1, 2], skipped [4]" in result.output
+    student = load(tmp_path / "run" / "student")
+    assert student.levels == [1, 2] and student.encoder(1).spec.widths == (24,)  # the paper's level-1 conv11
+    assert student.encoder(2).spec.widths == (16, 16, 32)
+
+
+def test_untrained_collaborator_stops_the_run(images_dir: Path, tmp_path: Path) -> None:
+    """The released *pruned bases* are not trained decoders: the run stops before stage 2 with the measured PSNR."""
+    from cdcompress.models import VGGDecoder, VGGEncoder, VGGSpec, save
+    from cdcompress.models.format import CDModel
+
+    torch.manual_seed(0)
+    spec = VGGSpec.vgg19(1)
+    save(CDModel(encoders={1: VGGEncoder(spec)}, decoders={1: VGGDecoder(spec)}), tmp_path / "untrained")
+    args = ["distill", "--recipe", "wct_vgg19", "--set", "device=cpu", "--set", f"teacher.path={tmp_path / 'untrained'}",
+            "--set", "levels=[1]", "--set", f"data.train=[{images_dir / 'content'}]",
+            "--set", f"data.eval=[{images_dir / 'style' / 'in3.jpg'}]", "--set", "data.eval_size=64",
+            "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "below collaborator.min_psnr 15 dB" in result.output, result.output
+    assert "is itself pruned" not in result.output

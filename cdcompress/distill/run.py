@@ -25,8 +25,9 @@ from ..data import DATA_SOURCES, CropSampler, image_paths, resize_shorter, skima
 from ..device import resolve_device
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
-from ..models.format import CDModel, save
-from ..models.vgg import VGGDecoder, VGGEncoder, level_taps
+from ..metrics import psnr
+from ..models.format import CDModel, load, save
+from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
 from ..registry import build
 from ..slim import Slimming, count_parameters
@@ -99,6 +100,7 @@ class RecipeRun:
         self.stage_seconds: dict[str, float] = {}
         self.notes: list[str] = []
         self.samplers: list[Any] = []
+        self.collaborator_psnr: dict[int, float] = {}
 
     def sampler(self, paths: list[Path], batch: int, offset: int) -> Any:
         """A stage's training data from the recipe's data source (kept, to report the images it had to skip)."""
@@ -189,6 +191,56 @@ class RecipeRun:
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
+    def _check_collaborator(self, level: int, teacher: Teacher, collaborator: nn.Module) -> None:
+        """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
+        floor = self.recipe.collaborator.min_psnr
+        images = eval_images(self.recipe, self.run_dir)
+        if not floor or not images:
+            return
+        device = resolve_device(self.recipe.device)
+        encoder, decoder = teacher.encoder.to(device).eval(), collaborator.to(device).eval()
+        with torch.no_grad():
+            scores = [psnr(decoder(encoder(x.to(device))).clamp(0, 1), x.to(device)) for _, x in images]
+        measured = sum(scores) / len(scores)
+        self.collaborator_psnr[level] = measured
+        if measured >= floor:
+            return
+        message = (f"level {level}: the collaborator reconstructs the eval images at {measured:.2f} dB, below "
+                   f"collaborator.min_psnr {floor:g} dB: it is not a trained decoder for this encoder")
+        if self.recipe.collaborator.source == "teacher":
+            raise CDCompressError(f"recipe {self.recipe.name}: {message}; use a teacher with trained decoders (e.g. "
+                                  "`cdcompress weights download wct-vgg19`) or --set collaborator.min_psnr=0 to go on")
+        self.notes.append(message)
+        log.warning("%s", message)
+
+    def _note_pruned_teacher(self, level: int, teacher: Teacher) -> None:
+        """A teacher narrower than VGG-19 is already a student: compressing it again compounds the loss."""
+        spec = getattr(teacher.encoder, "spec", None)
+        if not isinstance(teacher.encoder, VGGEncoder) or spec is None:
+            return
+        full = VGGSpec.vgg19(spec.level).widths
+        if spec.widths != full:
+            message = (f"level {level}: the teacher is itself pruned (widths {list(spec.widths)}, VGG-19 has "
+                       f"{list(full)}); the student will be {self.recipe.student.width} of that")
+            self.notes.append(message)
+            log.warning("%s", message)
+
+    def _levels(self) -> list[int]:
+        """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
+        wanted = self.recipe.levels
+        if self.recipe.teacher.source != "model" or self.recipe.collaborator.source != "teacher":
+            return wanted
+        have = load(self.recipe.teacher.path).levels
+        usable = [k for k in wanted if k in have]
+        if not usable:
+            raise CDCompressError(f"recipe {self.recipe.name}: the teacher {self.recipe.teacher.path} has encoder/decoder "
+                                  f"pairs for levels {have}, none of the recipe's {wanted}; set levels or another teacher")
+        if usable != wanted:
+            skipped = [k for k in wanted if k not in have]
+            self.notes.append(f"the teacher has levels {have}: ran {usable}, skipped {skipped}")
+            log.warning("teacher has levels %s: running %s, skipping %s", have, usable, skipped)
+        return usable
+
     def _save_student(self, student: CDModel, distillers: dict[int, Distiller]) -> None:
         """VGG students as one multi-level model directory; any other pair per level in the module family."""
         if _is_vgg(student):
@@ -204,11 +256,13 @@ class RecipeRun:
             (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
         torch.manual_seed(self.recipe.seed)
         student, teachers, distillers = CDModel(), {}, {}
-        for level in self.recipe.levels:
+        for level in self._levels():
             teacher = load_teacher(self.recipe.teacher, level)
             if teacher.randomly_initialised:
                 log.warning("teacher: %s", teacher.note)
             collaborator = self.collaborator(level, teacher)
+            self._check_collaborator(level, teacher, collaborator)
+            self._note_pruned_teacher(level, teacher)
             distiller = self.distill(level, teacher, collaborator)
             decoder = self.student_decoder(level, distiller)
             student.encoders[level] = distiller.deployable()
