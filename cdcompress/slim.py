@@ -214,7 +214,8 @@ class ChannelSlimmer:
 
     def slim(self, module: nn.Module, example_inputs: tuple[Any, ...], keep: Sequence[str]) -> dict[str, list[int]]:
         layers = _prunable_layers(module)
-        graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs, verbose=False)
+        with torch.enable_grad():  # torch-pruning traces through autograd, also when called under no_grad
+            graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs, verbose=False)
         ignored = [m for m, n in layers.items() if n in set(keep)]
         if getattr(self._score, "needs_gradients", False):
             self._fill_gradients(module)

@@ -105,3 +105,17 @@ def test_untrained_collaborator_stops_the_run(images_dir: Path, tmp_path: Path) 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "below collaborator.min_psnr 15 dB" in result.output, result.output
     assert "is itself pruned" not in result.output
+
+
+def test_dry_run_prints_the_measured_plan_and_writes_nothing(teacher_dir: Path, images_dir: Path, tmp_path: Path) -> None:
+    args = ["distill", "--recipe", "wct_vgg19", "--set", "device=cpu", "--set", f"teacher.path={teacher_dir}",
+            "--set", f"data.train=[{images_dir / 'content'}]", "--set", f"data.eval=[{images_dir / 'style' / 'in3.jpg'}]",
+            "--set", "data.eval_size=256", "--set", "levels=[1,2]", "--out", str(tmp_path / "run"), "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "collaborator: the teacher's decoder, reconstruction" in result.output
+    assert "| encoder.conv11 | 64 | 24 | 24 |" in result.output  # level 1: the paper's 24 filters
+    assert "encoder 112,588 -> 7,420 parameters" in result.output
+    n_content = len(list((images_dir / "content").iterdir()))
+    assert f"training images: {n_content} usable of {n_content}" in result.output
+    assert "| distill (stage 2) |" in result.output and not (tmp_path / "run").exists()

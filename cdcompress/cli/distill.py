@@ -19,13 +19,20 @@ from .options import parse_levels
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoints.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes (re-launches itself with torchrun; the recipe's batch is the global batch).")
-def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool, nproc: int) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan (teacher and its measured reconstruction, levels, "
+                                             "per-layer widths, usable images, steps, outputs) without training.")
+def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool, nproc: int, dry_run: bool) -> None:
     """Run the three stages of Collaborative Distillation described by a recipe."""
     from .. import distributed
     from ..distill.run import run_recipe
 
     recipe = load_recipe(recipe_ref, list(overrides))
     check_paths(recipe, recipe_ref)
+    if dry_run:
+        from ..distill.plan import plan
+
+        click.echo(plan(recipe, out or Path(recipe.output.dir.format(name=recipe.name))))
+        return
     if nproc > 1 and not distributed.launched_by_torchrun():
         _relaunch_with_torchrun(nproc, recipe_ref, overrides, out, resume)
         return

@@ -125,7 +125,7 @@ class RecipeRun:
         stage = recipe.stages.collaborator
         if not stage.enabled:
             raise CDCompressError(f"recipe {recipe.name}: collaborator.source is train but stages.collaborator is disabled")
-        decoder = teacher.decoder if teacher.decoder is not None else _fresh_decoder(teacher.encoder, level)
+        decoder = teacher.decoder if teacher.decoder is not None else fresh_decoder(teacher.encoder, level)
         config = stage_config(recipe, stage, len(self.train_paths))
         started = time.perf_counter()
         perceptual_taps = self._perceptual_taps(teacher.encoder, level)
@@ -147,7 +147,8 @@ class RecipeRun:
             return chosen
         return level_taps(level) if isinstance(encoder, VGGEncoder) else ["output"]
 
-    def distill(self, level: int, teacher: Teacher, collaborator: nn.Module) -> Distiller:
+    def prepare(self, level: int, teacher: Teacher, collaborator: nn.Module) -> Distiller:
+        """``apply()`` with the recipe's student, embedding and objective settings (no training yet)."""
         recipe = self.recipe
         width: Any = recipe.student.width
         if level in recipe.student.level_width:
@@ -161,11 +162,15 @@ class RecipeRun:
                     "perceptual_taps": self._perceptual_taps(teacher.encoder, level)}
         accepted = inspect.signature(OBJECTIVES.get(objective.kind)).parameters
         options = {**{k: v for k, v in standard.items() if k in accepted}, **objective.kwargs}
-        distiller = apply(
+        return apply(
             teacher.encoder, collaborator, slim=slimming, objective=objective.kind, taps=self._taps(teacher.encoder, level),
             beta=recipe.embed.beta, seed=recipe.seed,
             example_inputs=(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed)),), **options,
         )
+
+    def distill(self, level: int, teacher: Teacher, collaborator: nn.Module) -> Distiller:
+        recipe = self.recipe
+        distiller = self.prepare(level, teacher, collaborator)
         distiller.name = f"distill_L{level}"
         stage = recipe.stages.distill
         if stage.enabled:
@@ -191,7 +196,7 @@ class RecipeRun:
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
-    def _check_collaborator(self, level: int, teacher: Teacher, collaborator: nn.Module) -> None:
+    def check_collaborator(self, level: int, teacher: Teacher, collaborator: nn.Module) -> None:
         """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
         floor = self.recipe.collaborator.min_psnr
         images = eval_images(self.recipe, self.run_dir)
@@ -225,7 +230,7 @@ class RecipeRun:
             self.notes.append(message)
             log.warning("%s", message)
 
-    def _levels(self) -> list[int]:
+    def levels(self) -> list[int]:
         """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
         wanted = self.recipe.levels
         if self.recipe.teacher.source != "model" or self.recipe.collaborator.source != "teacher":
@@ -256,12 +261,12 @@ class RecipeRun:
             (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
         torch.manual_seed(self.recipe.seed)
         student, teachers, distillers = CDModel(), {}, {}
-        for level in self._levels():
+        for level in self.levels():
             teacher = load_teacher(self.recipe.teacher, level)
             if teacher.randomly_initialised:
                 log.warning("teacher: %s", teacher.note)
             collaborator = self.collaborator(level, teacher)
-            self._check_collaborator(level, teacher, collaborator)
+            self.check_collaborator(level, teacher, collaborator)
             self._note_pruned_teacher(level, teacher)
             distiller = self.distill(level, teacher, collaborator)
             decoder = self.student_decoder(level, distiller)
@@ -302,7 +307,7 @@ def _lambda(stage: StageSpec, recipe: Recipe) -> float:
     return recipe.objective.lambda_p if stage.lambda_p is None else stage.lambda_p
 
 
-def _fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
+def fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
     if isinstance(encoder, VGGEncoder):
         return VGGDecoder(encoder.spec)
     raise CDCompressError(
