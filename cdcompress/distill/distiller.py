@@ -26,7 +26,7 @@ from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, channels_o
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
 from ..registry import Registry, build, split_reference
-from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
+from ..slim import EncoderDecoderPair, Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
 from .stages import freeze, reinitialize, train_decoder
 from .trainer import TrainConfig, Trainer, TrainResult
 
@@ -208,7 +208,7 @@ class Distiller:
             reinitialize(decoder)
         for p in decoder.parameters():
             p.requires_grad_(True)
-        reference = _Sequential(self.teacher, self.collaborator)
+        reference = EncoderDecoderPair(self.teacher, self.collaborator)
         result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher,
                                self.perceptual.taps, lambda_p, run_dir, resume, reference)
         return decoder, result
@@ -255,15 +255,6 @@ def _restructure(template: Any, embedded: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(template, (tuple, list)):
         return type(template)(embedded[name] for name in template)
     return {key: embedded[name] for key, name in template.items()}
-
-
-class _Sequential(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.decoder = encoder, decoder
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.decoder(self.encoder(x))
 
 
 def _output_template(outputs: Any, sources: Mapping[str, str]) -> Any:
