@@ -43,11 +43,8 @@ from cdcompress.denoise import (
     Pair,
     denoise,
     heldout_pairs,
-    load_pair_weights,
     mean_psnr,
     pair_model,
-    pair_weights_metadata,
-    save_pair_weights,
     train_denoiser,
 )
 from cdcompress.metrics import psnr
@@ -160,20 +157,24 @@ def training_data(train: Sequence[Path], settings: Settings, seed: int, batch: i
 
 
 def load_or_train_teacher(train: Sequence[Path], settings: Settings, out: Path, retrain: bool) -> tuple[nn.Module, nn.Module]:
-    """The cached teacher when it was trained with these settings, else a fresh one (then cached)."""
-    path = out / "teacher" / "teacher.safetensors"
+    """The cached teacher (a cdcompress model directory) when it was trained with these settings, else a fresh one.
+
+    The cache is the native format, so the bundled recipe uses it as is: ``teacher: {source: model, path: ...}``."""
+    path = out / "teacher"
     key = settings.teacher_key()
+    if not retrain and (path / "model.json").is_file():
+        cached = cdcompress.load(path)  # rebuilt from the registered unet-encoder / unet-decoder names
+        if cached.meta.get("teacher_training", {}).get("settings") == key:
+            log(f"teacher: cached {path}")
+            return cached.encoder().eval(), cached.decoder().eval()
     torch.manual_seed(0)
     encoder, decoder = unet_encoder(), unet_decoder()
-    if not retrain and path.is_file() and pair_weights_metadata(path).get("settings") == key:
-        load_pair_weights(encoder, decoder, path)
-        log(f"teacher: cached {path}")
-        return encoder.eval(), decoder.eval()
     model = pair_model(encoder, decoder)
     history = train_denoiser(model, training_data(train, settings, seed=0, batch=settings.teacher_batch),
                              settings.teacher_steps, settings.teacher_lr,
                              log=lambda step, loss: log(f"teacher step {step}: mse {loss:.5f}"), log_every=250)
-    save_pair_weights(encoder, decoder, path, settings=key, seconds=round(history.seconds, 1))
+    meta = {"name": "unet-denoise-teacher", "teacher_training": {"settings": key, "seconds": round(history.seconds, 1)}}
+    cdcompress.save_pair(encoder, decoder, path, example_shape=(1, 3, 64, 64), meta=meta, overwrite=True)
     log(f"teacher: trained {settings.teacher_steps} steps in {history.seconds:.0f} s -> {path}")
     return encoder.eval(), decoder.eval()
 
@@ -286,7 +287,7 @@ def run_experiment(settings: Settings, out: Path, png: Path, results: Path, retr
     log(f"{photos.note}\nPSNR test / validation: noisy {noisy_psnr[0]:.2f} / {noisy_psnr[1]:.2f} dB, "
         f"teacher {teacher_psnr[0]:.2f} / {teacher_psnr[1]:.2f} dB")
     teacher_cost = (parameters(*teacher), pair_macs(*teacher, settings.time_size))
-    teacher_dir = cdcompress.save_pair(*teacher, out / "models" / "teacher", overwrite=True)
+    teacher_dir = out / "teacher"  # the cached teacher is already a model directory
 
     runs: list[Run] = []
     timings: dict[float, dict[str, dict[str, float]]] = {}

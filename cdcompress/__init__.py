@@ -1,6 +1,7 @@
 """cdcompress: Collaborative Distillation for encoder-decoder networks."""
 
-from . import export
+from . import denoise as denoise  # registers the noisy-pairs data source
+from . import export as export
 from .data import Batch
 from .distill import Distiller, ObjectiveContext, TrainConfig, apply
 from .errors import CDCompressError

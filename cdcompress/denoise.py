@@ -10,7 +10,6 @@ the model's stride) with fixed-seed noise, so PSNR numbers are comparable across
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import CropSampler, DataError, resize_shorter
+from .data import DATA_SOURCES, CropSampler, DataError, resize_shorter
 from .images import load_image
 from .metrics import psnr
 
@@ -78,6 +77,21 @@ class NoisyPairs:
 
     def __iter__(self) -> Iterator[Pair]:
         return (self.batch(step) for step in itertools.count())
+
+    def shard(self, step: int, rank: int, world: int) -> Pair:
+        """This process's slice of the step's pair batch: resume and torchrun need no replay of earlier steps."""
+        noisy, clean = self.batch(step)
+        per = len(clean) // world
+        if per * world != len(clean):
+            raise DataError(f"batch {len(clean)} is not divisible by {world} processes; pick a multiple")
+        return noisy[rank * per : (rank + 1) * per], clean[rank * per : (rank + 1) * per]
+
+
+@DATA_SOURCES.register("noisy-pairs")
+def noisy_pairs(paths: Sequence[Path], batch_size: int, resize: int, crop: int, seed: int,
+                sigma: float = DEFAULT_SIGMA) -> NoisyPairs:
+    """Recipes' ``data.source: {name: noisy-pairs, kwargs: {sigma: 0.1}}``: the denoising task's (noisy, clean) batches."""
+    return NoisyPairs(paths, batch_size=batch_size, resize=resize, crop=crop, sigma=sigma, seed=seed)
 
 
 def center_crop_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -149,34 +163,3 @@ def train_denoiser(model: nn.Module, pairs: Iterable[Pair], steps: int, lr: floa
             log(step + 1, sum(losses[-log_every:]) / log_every)
     model.eval()
     return TeacherLog(losses, time.perf_counter() - start)
-
-
-def save_pair_weights(encoder: nn.Module, decoder: nn.Module, path: str | Path, **metadata: object) -> Path:
-    """Both state dicts in one safetensors file (``encoder.*``, ``decoder.*``), metadata as JSON strings."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{role}.{k}": v.detach().contiguous() for role, m in (("encoder", encoder), ("decoder", decoder))
-               for k, v in m.state_dict().items()}
-    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    return path
-
-
-def pair_weights_metadata(path: str | Path) -> dict[str, object]:
-    """The metadata :func:`save_pair_weights` stored, without loading tensors (e.g. to validate a cache)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
-
-
-def load_pair_weights(encoder: nn.Module, decoder: nn.Module, path: str | Path) -> dict[str, object]:
-    """Fill ``encoder``/``decoder`` (of the saved shapes) from :func:`save_pair_weights`; returns its metadata."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    for role, module in (("encoder", encoder), ("decoder", decoder)):
-        prefix = f"{role}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return pair_weights_metadata(path)

@@ -39,11 +39,12 @@ loader = DataLoader(crops, batch_size=8, shuffle=True, generator=torch.Generator
 torch.manual_seed(0)
 encoder, decoder = Encoder(), Decoder()
 optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=2e-3)
-for step, batch in zip(range(300), (b for _ in range(100) for b in loader)):
-    loss = nn.functional.mse_loss(decoder(encoder(batch)), batch)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+for _epoch in range(12):  # 12 epochs x 25 batches
+    for batch in loader:
+        loss = nn.functional.mse_loss(decoder(encoder(batch)), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 d = cdcompress.apply(encoder, decoder, slim=0.5)  # student = teacher at half width, collaborator frozen
 print(d.slimmed.summary())  # per-layer widths, encoder and decoder parameter ratios

@@ -23,6 +23,7 @@ from .. import distributed
 from ..cost import count_macs
 from ..data import DATA_SOURCES, CropSampler, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
+from ..embed import flatten_outputs
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
 from ..metrics import psnr
@@ -145,7 +146,10 @@ class RecipeRun:
         chosen = self.recipe.objective.perceptual_taps
         if chosen is not None:
             return chosen
-        return level_taps(level) if isinstance(encoder, VGGEncoder) else ["output"]
+        if isinstance(encoder, VGGEncoder):
+            return level_taps(level)
+        with torch.no_grad():  # every output of the encoder: "output", or "output_0".. for tuples of skips
+            return list(flatten_outputs(encoder(torch.rand(1, 3, 64, 64))))
 
     def prepare(self, level: int, teacher: Teacher, collaborator: nn.Module) -> Distiller:
         """``apply()`` with the recipe's student, embedding and objective settings (no training yet)."""
