@@ -65,8 +65,19 @@ def _onnx_runner(model: CDModel, scratch: Path, name: str, threads: int) -> Call
 
 def compare(teacher: CDModel, student: CDModel, size: tuple[int, int] = (512, 512), *, repeats: int = 5,
             threads: int = 2, onnx: bool = True) -> list[PairCost]:
-    """Cost rows for teacher and student; latency medians over ``repeats`` interleaved rounds per runtime."""
+    """Cost rows for teacher and student; latency medians over ``repeats`` interleaved rounds per runtime.
+
+    PyTorch runs with ``threads`` threads for the measurement; the caller's setting is restored after."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _compare(teacher, student, size, repeats, threads, onnx)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _compare(teacher: CDModel, student: CDModel, size: tuple[int, int], repeats: int, threads: int,
+             onnx: bool) -> list[PairCost]:
     models = {"teacher": teacher, "student": student}
     channels = int(student.meta.get("architecture", {}).get("example_input", [1, 3])[1])
     shape = (1, channels, *size)

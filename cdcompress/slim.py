@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from torch import nn
 
 from .errors import CDCompressError
 from .registry import Registry, split_reference
+
+log = logging.getLogger(__name__)
 
 WidthSpec = float | Mapping[str, float | int]
 ScoreFn = Callable[[Any], torch.Tensor]
@@ -309,6 +312,7 @@ class SlimResult:
     decoder_params: tuple[int, int]
     layers: list[LayerWidth] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def compression(self) -> float:
@@ -337,6 +341,7 @@ class SlimResult:
         lines.append(f"\nencoder {self.encoder_params[0]:,} -> {self.encoder_params[1]:,} parameters "
                      f"({self.encoder_ratio:.3f}x); decoder {self.decoder_params[0]:,} -> {self.decoder_params[1]:,} "
                      f"({self.decoder_ratio:.3f}x)")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -392,6 +397,7 @@ def slim_pair(
         p.requires_grad_(True)
     inputs = tuple(t.cpu() for t in example_inputs)
     before = {n: _out_channels(m) for m, n in _prunable_layers(pair).items()}
+    before_groups = {n: m.num_channels // m.num_groups for n, m in pair.named_modules() if isinstance(m, nn.GroupNorm)}
     with torch.no_grad():
         output_shapes = _shapes(pair(*inputs))
     image_channels = int(example_inputs[0].shape[1])
@@ -416,6 +422,9 @@ def slim_pair(
         protected,
     )
     _verify(result, requested)
+    result.warnings = _groupnorm_warnings(pair, before_groups)
+    for warning in result.warnings:
+        log.warning("%s", warning)
     with torch.no_grad():
         if _shapes(pair(*inputs)) != output_shapes:
             raise SlimmingError("slimming changed the decoder's output shape; add its output layer to keep")
@@ -423,6 +432,17 @@ def slim_pair(
         _sync_spec(module)
         module.zero_grad(set_to_none=True)
     return result
+
+
+def _groupnorm_warnings(pair: nn.Module, channels_per_group: Mapping[str, int]) -> list[str]:
+    """Slimming keeps a GroupNorm's group count, so its groups get narrower; at one channel per group it has become
+    an instance norm, which removes every channel's mean (an image's colour and brightness, in a U-Net)."""
+    found = []
+    for name, module in pair.named_modules():
+        if isinstance(module, nn.GroupNorm) and module.num_channels == module.num_groups and channels_per_group[name] > 1:
+            found.append(f"{name}: GroupNorm({module.num_groups}) now has one channel per group (an instance norm; "
+                         f"the teacher had {channels_per_group[name]}): give the teacher fewer groups or slim less")
+    return found
 
 
 def _shapes(outputs: Any) -> list[tuple[int, ...]]:

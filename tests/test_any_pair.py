@@ -245,3 +245,11 @@ def test_registered_architecture_loads_through_the_cli(tmp_path: Path, monkeypat
     assert exported.exit_code == 0, exported.output
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["family"] == "module"
     sys.modules.pop("userpkg.models", None)
+
+
+def test_groupnorm_reduced_to_instance_norm_is_reported() -> None:
+    """Slimming keeps GroupNorm's group count: at one channel per group the pair lost its channel means."""
+    quarter = cdcompress.apply(GNUNetEncoder(), GNUNetDecoder(), slim=0.25, taps=None)
+    assert any("encoder.enc1.1: GroupNorm(4) now has one channel per group" in w for w in quarter.slimmed.warnings)
+    assert "warning: encoder.enc1.1" in quarter.slimmed.summary()
+    assert cdcompress.apply(GNUNetEncoder(), GNUNetDecoder(), slim=0.5, taps=None).slimmed.warnings == []
