@@ -68,6 +68,7 @@ RECIPE = textwrap.dedent(
     name: user-pair
     levels: [1]
     teacher: {source: test-gn-unet, path: unused, kwargs: {width: 16}}
+    collaborator: {source: teacher, min_psnr: 0}   # an untrained test pair: skip the trained-decoder guard
     student: {width: 0.5, importance: {name: test-first}, round_to: 4}
     embed: {taps: auto, beta: 1.0}
     objective: {kind: test-l1, kwargs: {weight: 2.0}}
