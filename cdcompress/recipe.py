@@ -396,6 +396,8 @@ _WHERE_TO_GET = {
              "printed folder>) or convert a local copy with `cdcompress convert --from wct-pytorch DIR --out MODEL_DIR`",
     "cd-release": "point it at the folder holding the released se{k}.pth/sd{k}.pth files",
     "torchvision": "get vgg19-dcbb9e9d.pth with `cdcompress weights download vgg19`",
+    "wct-pytorch": "point it at a folder of vgg_normalised_conv{k}_1.pth / feature_invertor_conv{k}_1.pth files "
+                   "(`cdcompress weights download wct-vgg19` fetches them; ../shared/reference/wct-vgg19 has levels 1-3)",
 }
 
 
@@ -405,7 +407,7 @@ def check_paths(recipe: Recipe, source: str) -> None:
     from .models.registry import is_builtin
 
     teacher = recipe.teacher
-    if teacher.source in ("model", "cd-release", "torchvision") and not Path(teacher.path).exists():
+    if teacher.source in _WHERE_TO_GET and not Path(teacher.path).exists():
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; {_WHERE_TO_GET[teacher.source]}")
     if teacher.source == "builtin" and not is_builtin(teacher.path):
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")

@@ -119,3 +119,14 @@ def test_dry_run_prints_the_measured_plan_and_writes_nothing(teacher_dir: Path, 
     n_content = len(list((images_dir / "content").iterdir()))
     assert f"training images: {n_content} usable of {n_content}" in result.output
     assert "| distill (stage 2) |" in result.output and not (tmp_path / "run").exists()
+
+
+def test_cpu_recipe_plans_from_the_raw_teacher_folder(wct_dir: Path, images_dir: Path) -> None:
+    """wct_vgg19_cpu reads the .pth folder itself (teacher source wct-pytorch) and runs levels 1-3."""
+    args = ["distill", "--recipe", "wct_vgg19_cpu", "--set", f"teacher.path={wct_dir}",
+            "--set", f"data.train=[{images_dir / 'content'}]", "--set", f"data.eval=[{images_dir / 'style' / 'in3.jpg'}]",
+            "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "- levels: [1, 2, 3]" in result.output and result.output.count("collaborator: the teacher's decoder") == 3
+    assert "| distill (stage 2) | 300 | 4 |" in result.output

@@ -27,6 +27,7 @@ from ..embed import flatten_outputs
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
 from ..metrics import psnr
+from ..models.converters import convert_wct_pytorch
 from ..models.format import CDModel, load, save
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
@@ -237,9 +238,10 @@ class RecipeRun:
     def levels(self) -> list[int]:
         """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
         wanted = self.recipe.levels
-        if self.recipe.teacher.source != "model" or self.recipe.collaborator.source != "teacher":
+        sources = {"model": load, "wct-pytorch": convert_wct_pytorch}
+        if self.recipe.teacher.source not in sources or self.recipe.collaborator.source != "teacher":
             return wanted
-        have = load(self.recipe.teacher.path).levels
+        have = sources[self.recipe.teacher.source](self.recipe.teacher.path).levels
         usable = [k for k in wanted if k in have]
         if not usable:
             raise CDCompressError(f"recipe {self.recipe.name}: the teacher {self.recipe.teacher.path} has encoder/decoder "

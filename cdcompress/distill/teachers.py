@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import CDCompressError
-from ..models.converters import convert_cd_release, convert_torchvision, teacher_architecture
+from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch, teacher_architecture
 from ..models.format import load
 from ..models.registry import resolve_model
 from ..registry import Registry, import_callable
@@ -67,6 +67,13 @@ def model_directory(path: str, level: int) -> Teacher:
 def cd_release(path: str, level: int, variant: str = "student") -> Teacher:
     model = convert_cd_release(path, variant, (level,))
     return Teacher(model.encoders[level], model.decoders[level], f"released {variant} checkpoints in {path}")
+
+
+@TEACHER_SOURCES.register("wct-pytorch")
+def wct_pytorch(path: str, level: int) -> Teacher:
+    """The WCT teacher straight from its ``vgg_normalised_conv{k}_1.pth`` folder (converted in memory)."""
+    model = convert_wct_pytorch(path)
+    return Teacher(model.encoder(level), model.decoders.get(level), f"WCT VGG-19 teacher from {path}")
 
 
 @TEACHER_SOURCES.register("torchvision")
