@@ -63,7 +63,7 @@ def model_costs(model: CDModel, size: tuple[int, int] = (512, 512), model_dir: P
     for level in levels:
         encoder = model.encoder(level)
         note = "" if level in model.encoders else f"cut from encoder {min(k for k in model.encoders if k > level)}"
-        image = (1, _image_channels(model), h, w)
+        image = (1, model.image_channels, h, w)
         encoder_macs = count_macs(encoder, image)
         rows.append(PartCost("encoder", level, count_parameters(encoder), sizes.get(("encoder", level)), encoder_macs, note))
         if level in model.decoders:
@@ -79,10 +79,6 @@ def model_costs(model: CDModel, size: tuple[int, int] = (512, 512), model_dir: P
         rows.append(PartCost("branches", level, count_parameters(branches), sizes.get(("branches", level)), None,
                              f"training only: {taps}{total}"))
     return rows
-
-
-def _image_channels(model: CDModel) -> int:
-    return int(model.meta.get("architecture", {}).get("example_input", [1, 3])[1])
 
 
 def format_table(rows: list[PartCost], size: tuple[int, int]) -> str:

@@ -243,7 +243,7 @@ def batches(
         if item is None:
             raise DataError(f"the data ran out after {step} batches ({stop} steps asked); pass a re-iterable loader "
                             "(DataLoader, list) or a factory returning one, or lower steps")
-        yield _rank_slice(as_batch(item), rank, world)
+        yield rank_slice(as_batch(item), rank, world)
 
 
 def _sampled(sampler: object, start: int, stop: int, workers: int, rank: int, world: int) -> Iterator[Batch]:
@@ -275,7 +275,8 @@ def _cycled(data: object) -> Iterator[object]:
             raise DataError("the training data yielded no batches; check the loader/dataset is not empty")
 
 
-def _rank_slice(batch: Batch, rank: int, world: int) -> Batch:
+def rank_slice(batch: Batch, rank: int, world: int) -> Batch:
+    """This process's ``1/world`` of a global batch (equal slices, in rank order)."""
     if world == 1:
         return batch
     if len(batch) % world:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DATA_SOURCES, CropSampler, DataError, resize_shorter
+from .data import DATA_SOURCES, Batch, CropSampler, DataError, rank_slice, resize_shorter
 from .images import load_image
 from .metrics import psnr
 
@@ -80,11 +80,8 @@ class NoisyPairs:
 
     def shard(self, step: int, rank: int, world: int) -> Pair:
         """This process's slice of the step's pair batch: resume and torchrun need no replay of earlier steps."""
-        noisy, clean = self.batch(step)
-        per = len(clean) // world
-        if per * world != len(clean):
-            raise DataError(f"batch {len(clean)} is not divisible by {world} processes; pick a multiple")
-        return noisy[rank * per : (rank + 1) * per], clean[rank * per : (rank + 1) * per]
+        part = rank_slice(Batch(*self.batch(step)), rank, world)
+        return part.input, part.target
 
 
 @DATA_SOURCES.register("noisy-pairs")

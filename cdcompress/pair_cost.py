@@ -79,7 +79,7 @@ def compare(teacher: CDModel, student: CDModel, size: tuple[int, int] = (512, 51
 def _compare(teacher: CDModel, student: CDModel, size: tuple[int, int], repeats: int, threads: int,
              onnx: bool) -> list[PairCost]:
     models = {"teacher": teacher, "student": student}
-    channels = int(student.meta.get("architecture", {}).get("example_input", [1, 3])[1])
+    channels = student.image_channels
     shape = (1, channels, *size)
     rows = {name: PairCost(name, count_parameters(m.encoder()), count_parameters(m.decoder()),
                            count_macs(EncoderDecoderPair(m.encoder(), m.decoder()), shape)) for name, m in models.items()}

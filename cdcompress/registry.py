@@ -93,6 +93,13 @@ def build(registry: Registry[Callable[..., Any]], ref: str | Mapping[str, Any], 
     return factory(**kwargs, **extra)
 
 
+def accepted(factory: Callable[..., Any], candidates: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``candidates`` that ``factory`` names as parameters: standard context (a level, a seed, a recipe's
+    lambdas) is offered to every plug-in and taken by those that want it."""
+    params = inspect.signature(factory).parameters
+    return {k: v for k, v in candidates.items() if k in params}
+
+
 def _check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
     """Unknown keyword arguments become one line naming the accepted ones, not a TypeError mid-run."""
     try:

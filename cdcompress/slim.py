@@ -16,7 +16,6 @@ are never pruned, nor are names passed in ``keep``.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import CDCompressError
-from .registry import Registry, split_reference
+from .registry import Registry, accepted, split_reference
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +148,7 @@ def resolve_importance(importance: str | Mapping[str, Any] | ScoreFn, seed: int 
         return importance
     name, kwargs = split_reference(importance)
     factory = IMPORTANCES.get(name)
-    if "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
-        kwargs["seed"] = seed
-    return factory(**kwargs)
+    return factory(**{**accepted(factory, {"seed": seed}), **kwargs})
 
 
 # --------------------------------------------------------------------------- the slimmer

@@ -349,13 +349,14 @@ def apply(
     width = slimming.width
     if _is_vgg_pair(teacher, collab) and isinstance(width, Mapping):
         width = vgg_mirror_widths(width, teacher.spec.convs)
+    importance = resolve_importance(slimming.importance, slimming.seed)
     calibrate = None
-    if getattr(resolve_importance(slimming.importance, slimming.seed), "needs_gradients", False):
+    if getattr(importance, "needs_gradients", False):
         def calibrate(pair: nn.Module) -> torch.Tensor:
             return F.mse_loss(pair(example), example)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, slimming.importance, slimming.keep,
+        slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep,
                             slimming.seed, calibrate, slimming.round_to)
         if slimming.init == "random":
             reinitialize(slimmed.encoder)

@@ -102,11 +102,11 @@ def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher
 
 def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],
                   distillers: dict[int, Distiller]) -> dict[str, Any]:
-    from .run import encoder_decoder_cost, eval_images
+    from .run import encoder_decoder_cost
 
     recipe, run_dir = run.recipe, run.run_dir
     device = torch.device(recipe.device)
-    images = eval_images(recipe, run_dir)
+    images = run.held_out_images()
     size = recipe.data.eval_size
     levels: dict[str, Any] = {}
     for level, (teacher, collaborator) in teachers.items():

@@ -8,7 +8,6 @@ checkpoint; finished stages are restored instantly.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -27,11 +26,11 @@ from ..embed import flatten_outputs
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
 from ..metrics import psnr
-from ..models.converters import convert_wct_pytorch
-from ..models.format import CDModel, load, save
+from ..models.converters import wct_levels
+from ..models.format import CDModel, save, spec_levels
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
-from ..registry import build
+from ..registry import accepted, build
 from ..slim import Slimming, count_parameters
 from .distiller import OBJECTIVES, Distiller, apply, portable_branches
 from .stages import freeze, train_decoder
@@ -103,6 +102,7 @@ class RecipeRun:
         self.notes: list[str] = []
         self.samplers: list[Any] = []
         self.collaborator_psnr: dict[int, float] = {}
+        self._held_out: list[tuple[str, torch.Tensor]] | None = None
 
     def sampler(self, paths: list[Path], batch: int, offset: int) -> Any:
         """A stage's training data from the recipe's data source (kept, to report the images it had to skip)."""
@@ -165,8 +165,7 @@ class RecipeRun:
         objective = recipe.objective
         standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
                     "perceptual_taps": self._perceptual_taps(teacher.encoder, level)}
-        accepted = inspect.signature(OBJECTIVES.get(objective.kind)).parameters
-        options = {**{k: v for k, v in standard.items() if k in accepted}, **objective.kwargs}
+        options = {**accepted(OBJECTIVES.get(objective.kind), standard), **objective.kwargs}
         return apply(
             teacher.encoder, collaborator, slim=slimming, objective=objective.kind, taps=self._taps(teacher.encoder, level),
             beta=recipe.embed.beta, seed=recipe.seed,
@@ -201,10 +200,16 @@ class RecipeRun:
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
+    def held_out_images(self) -> list[tuple[str, torch.Tensor]]:
+        """The recipe's eval images, decoded once per run (the collaborator check and the report both use them)."""
+        if self._held_out is None:
+            self._held_out = eval_images(self.recipe, self.run_dir)
+        return self._held_out
+
     def check_collaborator(self, level: int, teacher: Teacher, collaborator: nn.Module) -> None:
         """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
         floor = self.recipe.collaborator.min_psnr
-        images = eval_images(self.recipe, self.run_dir)
+        images = self.held_out_images()
         if not floor or not images:
             return
         device = resolve_device(self.recipe.device)
@@ -238,10 +243,10 @@ class RecipeRun:
     def levels(self) -> list[int]:
         """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
         wanted = self.recipe.levels
-        sources = {"model": load, "wct-pytorch": convert_wct_pytorch}
+        sources = {"model": spec_levels, "wct-pytorch": wct_levels}  # from the files' names and specs, no weights
         if self.recipe.teacher.source not in sources or self.recipe.collaborator.source != "teacher":
             return wanted
-        have = sources[self.recipe.teacher.source](self.recipe.teacher.path).levels
+        have = sources[self.recipe.teacher.source](self.recipe.teacher.path)
         usable = [k for k in wanted if k in have]
         if not usable:
             raise CDCompressError(f"recipe {self.recipe.name}: the teacher {self.recipe.teacher.path} has encoder/decoder "

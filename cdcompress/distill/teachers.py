@@ -8,7 +8,6 @@ a recipe names it in ``teacher.source`` and its other fields (``path``, ``varian
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ..errors import CDCompressError
 from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch, teacher_architecture
 from ..models.format import load
 from ..models.registry import resolve_model
-from ..registry import Registry, import_callable
+from ..registry import Registry, accepted, import_callable
 
 TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
 
@@ -43,8 +42,7 @@ def load_teacher(spec: Any, level: int) -> Teacher:
     """The teacher of ``level`` from the recipe's ``teacher`` section (a :class:`~cdcompress.recipe.TeacherSpec`)."""
     factory = TEACHER_SOURCES.get(spec.source)
     fields = {"path": spec.path, "level": level, "variant": spec.variant, "pretrained": spec.pretrained}
-    accepted = inspect.signature(factory).parameters
-    built = factory(**{k: v for k, v in fields.items() if k in accepted}, **spec.kwargs)
+    built = factory(**accepted(factory, fields), **spec.kwargs)
     return as_teacher(built, f"teacher source {spec.source} ({spec.path})")
 
 
@@ -96,6 +94,5 @@ def builtin(path: str, level: int, pretrained: str = "auto") -> Teacher:
 def imported(path: str, level: int, **kwargs: Any) -> Teacher:
     """``package.module:callable`` named by the recipe author; called with ``level`` if it takes one."""
     factory = import_callable(path)
-    params = inspect.signature(factory).parameters
-    built = factory(**({"level": level} if "level" in params else {}), **kwargs)
+    built = factory(**accepted(factory, {"level": level}), **kwargs)
     return as_teacher(built, f"imported from {path}")

@@ -112,7 +112,7 @@ def _export_pair_bundle(model: CDModel, out: Path, profile: ExportProfile, model
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     encoder, decoder = model.encoder(), model.decoder()
-    channels = int(model.meta.get("architecture", {}).get("example_input", [1, 3])[1])
+    channels = model.image_channels
     deepest = max(strides(encoder, channels))
     sizes = [profile.shape] * FIXED_SHAPE_CASES if profile.shape else check_sizes(profile.check_sizes, deepest)
     cases = pair_cases(encoder, sizes, channels)

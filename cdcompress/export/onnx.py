@@ -148,10 +148,10 @@ def export_graph(module: nn.Module, part: Part, path: Path, opset: int, tile: tu
         )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    return {"input": _io_entry(model.graph.input[0]), "output": _io_entry(model.graph.output[0])}
+    return {"input": io_entry(model.graph.input[0]), "output": io_entry(model.graph.output[0])}
 
 
-def _io_entry(value: Any) -> dict[str, Any]:
+def io_entry(value: Any) -> dict[str, Any]:
     import onnx
 
     dims = [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in value.type.tensor_type.shape.dim]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..embed import flatten_outputs
 from .errors import ExportError
-from .onnx import ParityRow, _io_entry, graph_module, verification_image
+from .onnx import ParityRow, graph_module, io_entry, verification_image
 
 IMAGE = "image"
 
@@ -117,7 +117,7 @@ def export_pair_graph(module: nn.Module | tuple[nn.Module, nn.Module], role: str
                           input_names=inputs, output_names=outputs, dynamic_shapes=dims)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    return {"inputs": [_io_entry(v) for v in model.graph.input], "outputs": [_io_entry(v) for v in model.graph.output],
+    return {"inputs": [io_entry(v) for v in model.graph.input], "outputs": [io_entry(v) for v in model.graph.output],
             "strides": dict(zip(names, scales, strict=True)), "structure": output_structure(raw)}
 
 

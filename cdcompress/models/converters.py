@@ -245,6 +245,11 @@ def _wct_state(names: list[str], convs: list[tuple[torch.Tensor, torch.Tensor]],
             for part, tensor in (("weight", w), ("bias", b))}
 
 
+def wct_levels(directory: str | Path) -> list[int]:
+    """Levels whose encoder and decoder files are both in ``directory``."""
+    return [k for k in LEVELS if all((Path(directory) / f.format(k=k)).is_file() for f in WCT_FILES)]
+
+
 def convert_wct_pytorch(directory: str | Path) -> CDModel:
     """The WCT VGG-19 teacher: the deepest encoder present (serving every shallower level) and one trained
     decoder per level, from whatever levels ``directory`` holds. Shared layers must agree across the per-level
@@ -252,7 +257,7 @@ def convert_wct_pytorch(directory: str | Path) -> CDModel:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory; pass the folder holding vgg_normalised_conv{{k}}_1.pth files")
-    levels = [k for k in LEVELS if all((directory / f.format(k=k)).is_file() for f in WCT_FILES)]
+    levels = wct_levels(directory)
     if not levels:
         raise CheckpointError(f"{directory}: no level has both {WCT_FILES[0].format(k='K')} and {WCT_FILES[1].format(k='K')}; "
                               "download them with `cdcompress weights download wct-vgg19`")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,12 @@ class CDModel:
     @property
     def levels(self) -> list[int]:
         """Levels usable end to end (an encoder, exact or cut from a deeper one, and a decoder)."""
-        return sorted(k for k in self.decoders if self._encoder_source(k) is not None)
+        return usable_levels(self.encoders, self.decoders)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the input images: 3 for VGG, the traced example's for a module-family pair."""
+        return int(self.meta.get("architecture", {}).get("example_input", [1, 3])[1])
 
     def encoder(self, level: int | None = None) -> nn.Module:
         """The encoder for ``level``: its own if present, else the next deeper one cut at ``level``.
@@ -116,6 +121,19 @@ class CDModel:
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         return save(self, path, overwrite=overwrite)
+
+
+def usable_levels(encoder_levels: Iterable[int], decoder_levels: Iterable[int]) -> list[int]:
+    """Decoder levels served by an encoder of that level or a deeper one (which is cut on demand)."""
+    deepest = max(encoder_levels, default=0)
+    return sorted(k for k in decoder_levels if k <= deepest)
+
+
+def spec_levels(path: str | Path) -> list[int]:
+    """:attr:`CDModel.levels` of a model directory, read from ``model.json`` alone (no weights loaded)."""
+    parts = read_spec(path)["parts"]
+    return usable_levels((int(p["level"]) for p in parts if p.get("role") == "encoder"),
+                         (int(p["level"]) for p in parts if p.get("role") == "decoder"))
 
 
 def sha256_file(path: str | Path) -> str:
