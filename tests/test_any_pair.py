@@ -236,9 +236,14 @@ def test_registered_architecture_loads_through_the_cli(tmp_path: Path, monkeypat
     assert "| 1 | 48x48 |" in recon.output
     missing = runner.invoke(main, ["--import", "userpkg.nothere", "inspect", str(tmp_path / "student")])
     assert missing.exit_code == 2 and "--import userpkg.nothere" in missing.output
+    threads = torch.get_num_threads()
     cost = runner.invoke(main, ["--import", "userpkg.models", "eval", "cost", str(tmp_path / "student"),
                                 "--time-size", "64", "--repeats", "3", "--threads", "1"])
     assert cost.exit_code == 0, cost.output
+    assert torch.get_num_threads() == threads, "eval cost must restore the caller's thread count"
+    inspected = runner.invoke(main, ["--import", "userpkg.models", "inspect", str(tmp_path / "student"), "--size", "64", "64"])
+    assert inspected.exit_code == 0, inspected.output
+    assert "| encoder | 1 |" in inspected.output and "| decoder | 1 |" in inspected.output
     assert "onnxruntime ms" in cost.output and "| teacher / student |" in cost.output
     exported = runner.invoke(main, ["--import", "userpkg.models", "export", str(tmp_path / "student"), "--onnx", "--quiet",
                                     "--out", str(tmp_path / "bundle")])

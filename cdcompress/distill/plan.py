@@ -55,9 +55,10 @@ def plan(recipe: Recipe, out_dir: Path) -> str:
             lines += _level_plan(run, level)
     stages = recipe.stages
     lines += ["## steps per stage", "", "| stage | steps | batch | lr |", "|---|---:|---:|---:|"]
-    for name, stage in (("collaborator (stage 1)", stages.collaborator), ("distill (stage 2)", stages.distill),
-                        ("decoder (stage 3)", stages.decoder)):
-        if stage.enabled and (name.startswith("collaborator") is False or recipe.collaborator.source == "train"):
+    trains_collaborator = recipe.collaborator.source == "train"
+    for name, stage, runs in (("collaborator (stage 1)", stages.collaborator, trains_collaborator),
+                              ("distill (stage 2)", stages.distill, True), ("decoder (stage 3)", stages.decoder, True)):
+        if stage.enabled and runs:
             lines.append(f"| {name} | {stage_config(recipe, stage, usable).steps:,} | {stage.batch} | {stage.lr:g} |")
     lines += ["", f"## outputs in {out_dir}", "",
               "student/ (model directory), report.md, report.json, loss.png, comparison.png, metrics.jsonl, "
