@@ -67,7 +67,8 @@ def test_distill_throughput() -> None:
 
 
 def test_train_memory(tmp_path: Path) -> None:
-    run_benchmark("train_memory.py", "--steps", "12", "--every", "4", "--warmup", "4", "--bound", "1024",
+    # 60 steps: the sampler needs a distill stage that outlasts a few 0.25 s polls (12 steps could finish between two)
+    run_benchmark("train_memory.py", "--steps", "60", "--every", "20", "--warmup", "20", "--bound", "1024",
                   "--out", tmp_path)
 
 
