@@ -123,7 +123,9 @@ def test_retained_heap_scope_restores_defaults() -> None:
         torch.ones(nbytes // 4)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     if retain_supported():
-        assert min(faults) > nbytes // resource.getpagesize() // 2
+        # The median, not the minimum: one allocation in a full suite run once reused memory (faults [16384, 0, 16385]);
+        # a heap still retained after the scope faults only on the first allocation ([16384, 0, 0]) and still fails.
+        assert sorted(faults)[1] > nbytes // resource.getpagesize() // 2, faults
 
 
 def test_retained_heap_switch(monkeypatch: pytest.MonkeyPatch) -> None:
