@@ -20,9 +20,14 @@ lint: install
 test: lint
 	$(VENV)/bin/pytest
 
+# The demo's teacher: the paper's WCT VGG-19. `weights download` fills the weights cache when github is reachable;
+# a local copy (../shared on the project's machines) is used offline; without either the demo runs its stand-in.
+export CDCOMPRESS_WCT_VGG19 ?= $(wildcard $(CURDIR)/../shared/reference/wct-vgg19)
+
 demo: install
 	rm -rf runs/demo
-	$(VENV)/bin/cdcompress distill --recipe demo --out runs/demo
+	$(VENV)/bin/cdcompress weights download wct-vgg19 --levels 1-3 || echo "demo: no download (offline?); using a local WCT teacher if there is one"
+	$(VENV)/bin/cdcompress demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -63,8 +63,10 @@ def plugin_reference(value: PluginRef) -> str | dict[str, Any]:
 class TeacherSpec(_Strict):
     """Where the teacher (and possibly its decoders) come from: a registered teacher source."""
 
-    source: str = Field(description="model | cd-release | torchvision | builtin | import | a registered user source")
-    path: str = Field(description="model dir | release dir | torchvision .pth | builtin name | package.module:callable")
+    source: str = Field(description="model | wct-vgg19 | wct-pytorch | cd-release | torchvision | builtin | import | "
+                                    "a registered user source")
+    path: str = Field(description="model dir | WCT folder or auto | release dir | torchvision .pth | builtin name | "
+                                  "package.module:callable")
     variant: Literal["student", "base"] = "student"
     pretrained: Literal["auto", "none"] = "auto"
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -183,7 +185,7 @@ class StageSpec(_Strict):
 
 
 class DecoderStageSpec(StageSpec):
-    init: Literal["pruned", "random"] = "pruned"
+    init: Literal["pruned", "folded", "random"] = "pruned"
 
 
 class StagesSpec(_Strict):
@@ -197,6 +199,7 @@ class OutputSpec(_Strict):
     checkpoint_every: int = Field(500, ge=0)
     sample_every: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
+    eval_every: int = Field(0, ge=0)  # held-out PSNR learning curve (heldout.png) every N steps of each stage
 
 
 class Recipe(_Strict):
@@ -409,6 +412,15 @@ def check_paths(recipe: Recipe, source: str) -> None:
     teacher = recipe.teacher
     if teacher.source in _WHERE_TO_GET and not Path(teacher.path).exists():
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; {_WHERE_TO_GET[teacher.source]}")
+    if teacher.source == "wct-vgg19":
+        from .weights import WCT_HINT, locate_wct
+
+        try:
+            found = locate_wct(teacher.path)
+        except CDCompressError as exc:
+            raise RecipeError(f"recipe {source}: {exc}") from None
+        if found is None:
+            raise RecipeError(f"recipe {source}: no WCT VGG-19 teacher found (teacher.path: auto); {WCT_HINT}")
     if teacher.source == "builtin" and not is_builtin(teacher.path):
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")
     if teacher.source == "import" and ":" not in teacher.path:

@@ -76,6 +76,29 @@ WCT_CHECKSUMS: dict[int, tuple[str, str]] = {  # level -> (encoder, decoder)
     5: ("f662e4d9927a7c30c0e9a2e71d75a355a9ab4f7d", "eacbc8e8387d7575240a613c5a4c147ffb805f03"),
 }
 WCT_MODEL_DIR = "wct-vgg19"
+WCT_ENV = "CDCOMPRESS_WCT_VGG19"
+"""Environment variable naming a local copy of the WCT teacher (a model directory or the raw .pth folder)."""
+WCT_HINT = (f"run `cdcompress weights download wct-vgg19` (needs github.com), or set {WCT_ENV} to a local copy "
+            "(a converted model directory or a folder of vgg_normalised_conv{k}_1.pth / feature_invertor_conv{k}_1.pth "
+            "files, e.g. ../shared/reference/wct-vgg19)")
+
+
+def locate_wct(path: str | Path | None = None) -> Path | None:
+    """Where the WCT teacher is: ``path`` (unless ``None``/``"auto"``), else ``$CDCOMPRESS_WCT_VGG19``, else the
+    weights cache that ``weights download wct-vgg19`` fills; ``None`` when there is none. A location that is
+    named but missing is an error, not a silent fallback."""
+    if path not in (None, "", "auto"):
+        named = Path(path)  # type: ignore[arg-type]
+        if not named.exists():
+            raise CDCompressError(f"WCT teacher {named}: no such file or directory; {WCT_HINT}")
+        return named
+    from_env = os.environ.get(WCT_ENV)
+    if from_env:
+        if not Path(from_env).exists():
+            raise CDCompressError(f"{WCT_ENV}={from_env}: no such directory; point it at the WCT teacher or unset it")
+        return Path(from_env)
+    cached = default_weights_dir() / WCT_MODEL_DIR
+    return cached if (cached / "model.json").is_file() else None
 
 
 def wct_files(levels: tuple[int, ...], base_url: str = WCT_BASE_URL) -> list[PublishedWeights]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from ..recipe import bundled_recipes, check_paths, load_recipe, to_yaml
 from ..weights import KNOWN_WEIGHTS, download
 from .main import main
 from .options import parse_levels
+
+if TYPE_CHECKING:
+    from ..distill.run import RunResult
 
 
 @main.command()
@@ -37,8 +41,12 @@ def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resum
         _relaunch_with_torchrun(nproc, recipe_ref, overrides, out, resume)
         return
     result = run_recipe(recipe, out, resume)
-    if not distributed.is_main():
-        return
+    if distributed.is_main():
+        echo_summary(result)
+
+
+def echo_summary(result: RunResult) -> None:
+    """What a finished run wrote and, per level, the compression and the held-out reconstruction."""
     click.echo(f"wrote {result.run_dir} (student/, report.md, loss.png, comparison.png)")
     for level, entry in result.report["levels"].items():
         psnr = f", student PSNR {entry['student_psnr']:.2f} dB (teacher {entry['teacher_psnr']:.2f})" \

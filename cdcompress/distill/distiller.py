@@ -31,6 +31,7 @@ from .stages import freeze, reinitialize, train_decoder
 from .trainer import TrainConfig, Trainer, TrainResult
 
 OBJECTIVES: Registry[Callable[..., Objective | None]] = Registry("objective")
+DECODER_INITS = ("pruned", "folded", "random")
 """``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
 
 
@@ -167,6 +168,10 @@ class Distiller:
         terms["total"] = total(terms)
         return terms
 
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen collaborator's output on the student's embedded features (stage 2's held-out curve)."""
+        return self.collaborator(self.embedded_features(images)[1])
+
     def samples(self, batch: Batch) -> list[torch.Tensor]:
         views = [batch.input, self.collaborator(self.teacher(batch.input))]
         views.append(self.collaborator(self.embedded_features(batch.input)[1]))
@@ -179,16 +184,18 @@ class Distiller:
         config: TrainConfig,
         run_dir: str | Path | None = None,
         resume: bool = False,
+        held_out: Sequence[torch.Tensor | Batch] = (),
     ) -> TrainResult:
         """Stage 2: train student and branches (teacher and collaborator frozen).
 
         ``data``: a DataLoader or any iterable of batches (image tensors, or ``(input, target)`` pairs for
         image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.CropSampler`; see
-        :func:`cdcompress.data.batches` for what exact resume needs."""
+        :func:`cdcompress.data.batches` for what exact resume needs. ``held_out`` images (or pairs) with
+        ``config.eval_every`` give a learning curve: PSNR through the collaborator (``result.curve``)."""
         device = torch.device(config.device)
         for module in (self.teacher, self.collaborator, self.student, self.branches, self.decoder_init):
             module.to(device)
-        return Trainer(self, data, config, run_dir).fit(resume=resume)
+        return Trainer(self, data, config, run_dir, held_out).fit(resume=resume)
 
     def train_decoder(
         self,
@@ -199,19 +206,47 @@ class Distiller:
         run_dir: str | Path | None = None,
         resume: bool = False,
         name: str = "decoder",
+        held_out: Sequence[torch.Tensor | Batch] = (),
     ) -> tuple[nn.Module, TrainResult]:
-        """Stage 3: a small decoder for the frozen student, from the slimmed collaborator or random."""
-        if init not in ("pruned", "random"):
-            raise CDCompressError(f"decoder init must be 'pruned' or 'random', got {init!r}")
+        """Stage 3: a small decoder for the frozen student: the slimmed collaborator (``pruned``), the same with the
+        trained output branch Q folded into its first conv (``folded``, VGG pairs), or ``random``."""
+        if init not in DECODER_INITS:
+            raise CDCompressError(f"decoder init must be one of {', '.join(DECODER_INITS)}, got {init!r}")
         decoder = copy.deepcopy(self.decoder_init)
         if init == "random":
             reinitialize(decoder)
+        elif init == "folded":
+            self.fold_output_branch(decoder)
         for p in decoder.parameters():
             p.requires_grad_(True)
         reference = EncoderDecoderPair(self.teacher, self.collaborator)
         result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher,
-                               self.perceptual.taps, lambda_p, run_dir, resume, reference)
+                               self.perceptual.taps, lambda_p, run_dir, resume, reference, held_out)
         return decoder, result
+
+    @torch.no_grad()
+    def fold_output_branch(self, decoder: nn.Module) -> nn.Module:
+        """Give ``decoder``'s first conv the collaborator's first conv composed with the output branch Q.
+
+        Stage 2 trained Q so that the collaborator decodes Q·F'; the slimmed decoder's first conv instead reads
+        F' directly through a slice of the collaborator's weights, which means nothing for the student's
+        features. Folding W·Q (and W·q_bias into the bias, exact under reflection padding) makes the first
+        layer's kept channels exactly the collaborator's on Q·F', so stage 3 starts from a working decoder."""
+        from ..models.vgg import VGGDecoder
+
+        if not (isinstance(decoder, VGGDecoder) and isinstance(self.collaborator, VGGDecoder)
+                and isinstance(self.template, str)):
+            raise CDCompressError("decoder init 'folded' needs a VGG encoder/decoder pair (one feature-map output); "
+                                  "use init 'pruned' for other pairs")
+        first = decoder.plan[0]
+        small, full = getattr(decoder, first), getattr(self.collaborator, first)
+        branch = self.branches[branch_key(self.template)]
+        kept = self.slimmed.kept.get(f"decoder.{first}", list(range(full.out_channels)))
+        weight = full.weight[kept]  # [out', C, k, k]
+        q = branch.weight[:, :, 0, 0]  # [C, C']
+        small.weight.copy_(torch.einsum("ocij,cd->odij", weight, q))
+        small.bias.copy_(full.bias[kept] + torch.einsum("ocij,c->o", weight, branch.bias))
+        return decoder
 
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""

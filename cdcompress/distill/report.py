@@ -83,6 +83,40 @@ def plot_losses(metrics_path: Path, out: Path) -> Path | None:
     return out
 
 
+def heldout_curves(metrics_path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{stage: [(step, held-out PSNR), ...]}`` from the ``heldout/psnr`` records (``output.eval_every``)."""
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            if "heldout/psnr" in record:
+                curves[record["stage"]].append((int(record["step"]), float(record["heldout/psnr"])))
+    return dict(curves)
+
+
+def plot_heldout(curves: dict[str, list[tuple[int, float]]], out: Path) -> Path | None:
+    """The learning curve: held-out PSNR against steps, one line per stage (does more training pay?)."""
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for stage, points in curves.items():
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 @torch.no_grad()
 def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher: Teacher,
                      collaborator: torch.nn.Module, student: CDModel, out: Path, device: torch.device) -> Path | None:
@@ -128,6 +162,8 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
     deepest = max(teachers)
     comparison = comparison_image(images, deepest, *teachers[deepest], student, run_dir / "comparison.png", device)
     loss_png = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    curves = heldout_curves(run_dir / "metrics.jsonl")
+    curve_png = plot_heldout(curves, run_dir / "heldout.png")
     report = {
         "recipe": recipe.name,
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -137,7 +173,9 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
         "levels": levels,
         "stage_seconds": run.stage_seconds,
         "notes": run.notes,
-        "files": {"comparison": comparison.name if comparison else None, "loss": loss_png.name if loss_png else None},
+        "heldout_curves": curves,
+        "files": {"comparison": comparison.name if comparison else None, "loss": loss_png.name if loss_png else None,
+                  "heldout": curve_png.name if curve_png else None},
     }
     write_json(run_dir / "report.json", report)
     (run_dir / "report.md").write_text(render_markdown(report))

@@ -83,7 +83,7 @@ def stage_config(recipe: Recipe, stage: StageSpec, n_images: int) -> TrainConfig
         steps=steps, lr=stage.lr, optimizer=stage.optimizer, weight_decay=stage.weight_decay,
         schedule=stage.schedule, warmup_steps=stage.warmup_steps, grad_clip=stage.grad_clip, amp=stage.amp,
         channels_last=stage.channels_last, checkpoint_every=out.checkpoint_every, log_every=out.log_every,
-        sample_every=out.sample_every, workers=recipe.data.workers, device=recipe.device,
+        sample_every=out.sample_every, eval_every=out.eval_every, workers=recipe.data.workers, device=recipe.device,
     )
 
 
@@ -133,7 +133,7 @@ class RecipeRun:
         perceptual_taps = self._perceptual_taps(teacher.encoder, level)
         train_decoder(f"collaborator_L{level}", teacher.encoder, decoder,
                       self.sampler(self.train_paths, stage.batch, 1), config, teacher.encoder, perceptual_taps,
-                      _lambda(stage, recipe), self.run_dir, self.resume)
+                      _lambda(stage, recipe), self.run_dir, self.resume, held_out=self.curve_images())
         self._timed(f"collaborator_L{level}", started)
         return freeze(decoder)
 
@@ -182,7 +182,8 @@ class RecipeRun:
             if recipe.objective.kind == "style-transfer":
                 sampler = PairedSampler(sampler, self.sampler(self.style_paths, stage.batch, 3))
             started = time.perf_counter()
-            distiller.fit(sampler, stage_config(recipe, stage, len(self.train_paths)), self.run_dir, self.resume)
+            distiller.fit(sampler, stage_config(recipe, stage, len(self.train_paths)), self.run_dir, self.resume,
+                          held_out=self.curve_images())
             self._timed(distiller.name, started)
         else:
             self.notes.append(f"level {level}: stage 2 disabled, the student is the pruned teacher (prune-only baseline)")
@@ -195,8 +196,12 @@ class RecipeRun:
         started = time.perf_counter()
         config = stage_config(self.recipe, stage, len(self.train_paths))
         sampler = self.sampler(self.train_paths, stage.batch, 4)
-        decoder, _ = distiller.train_decoder(sampler, config, stage.init, _lambda(stage, self.recipe), self.run_dir,
-                                             self.resume, name=f"decoder_L{level}")
+        init = stage.init
+        if init == "folded" and not self.recipe.stages.distill.enabled:
+            init = "pruned"  # untrained branches: folding them in would scramble the decoder's first layer
+            self.notes.append(f"level {level}: stage 2 disabled, so the stage-3 decoder starts pruned, not folded")
+        decoder, _ = distiller.train_decoder(sampler, config, init, _lambda(stage, self.recipe), self.run_dir,
+                                             self.resume, name=f"decoder_L{level}", held_out=self.curve_images())
         self._timed(f"decoder_L{level}", started)
         return freeze(decoder)
 
@@ -205,6 +210,12 @@ class RecipeRun:
         if self._held_out is None:
             self._held_out = eval_images(self.recipe, self.run_dir)
         return self._held_out
+
+    def curve_images(self) -> list[torch.Tensor]:
+        """The held-out images the learning curve judges (none unless ``output.eval_every`` asks for one)."""
+        if not self.recipe.output.eval_every or self.recipe.objective.kind == "style-transfer":
+            return []
+        return [image for _, image in self.held_out_images()]
 
     def check_collaborator(self, level: int, teacher: Teacher, collaborator: nn.Module) -> None:
         """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
@@ -243,10 +254,10 @@ class RecipeRun:
     def levels(self) -> list[int]:
         """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
         wanted = self.recipe.levels
-        sources = {"model": spec_levels, "wct-pytorch": wct_levels}  # from the files' names and specs, no weights
+        sources = {"model": spec_levels, "wct-pytorch": wct_levels, "wct-vgg19": _located_wct_levels}
         if self.recipe.teacher.source not in sources or self.recipe.collaborator.source != "teacher":
             return wanted
-        have = sources[self.recipe.teacher.source](self.recipe.teacher.path)
+        have = sources[self.recipe.teacher.source](self.recipe.teacher.path)  # from names and specs, no weights
         usable = [k for k in wanted if k in have]
         if not usable:
             raise CDCompressError(f"recipe {self.recipe.name}: the teacher {self.recipe.teacher.path} has encoder/decoder "
@@ -301,6 +312,15 @@ class RecipeRun:
             report = write_outputs(self, student, teachers, distillers)
         distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+def _located_wct_levels(path: str) -> list[int]:
+    from ..weights import WCT_HINT, locate_wct
+
+    where = locate_wct(path)
+    if where is None:
+        raise CDCompressError(f"no WCT VGG-19 teacher found; {WCT_HINT}")
+    return spec_levels(where) if (where / "model.json").is_file() else wct_levels(where)
 
 
 def _is_vgg(model: CDModel) -> bool:

@@ -71,6 +71,9 @@ class DecoderTask:
         terms["total"] = total(terms)
         return terms
 
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(images))
+
     def samples(self, batch: Batch) -> list[torch.Tensor]:
         views = [batch.input]
         if self.reference is not None:
@@ -91,6 +94,7 @@ def train_decoder(
     run_dir: str | Path | None = None,
     resume: bool = False,
     reference: nn.Module | None = None,
+    held_out: Sequence[torch.Tensor | Batch] = (),
 ) -> TrainResult:
     """Stage 1 (encoder = teacher) or stage 3 (encoder = student): fit ``decoder`` in place."""
     device = torch.device(config.device)
@@ -98,4 +102,4 @@ def train_decoder(
     if perceptual_net is not None and perceptual_taps and lambda_p > 0:
         perceptual = FeatureExtractor(freeze(copy.deepcopy(perceptual_net)).to(device), perceptual_taps)
     task = DecoderTask(name, encoder.to(device), decoder.to(device), perceptual, lambda_p, reference)
-    return Trainer(task, data, config, run_dir).fit(resume=resume)
+    return Trainer(task, data, config, run_dir, held_out).fit(resume=resume)

@@ -74,6 +74,24 @@ def wct_pytorch(path: str, level: int) -> Teacher:
     return Teacher(model.encoder(level), model.decoders.get(level), f"WCT VGG-19 teacher from {path}")
 
 
+@TEACHER_SOURCES.register("wct-vgg19")
+def wct_vgg19(path: str, level: int) -> Teacher:
+    """The paper's teacher wherever it is: ``path``, or with ``auto`` ``$CDCOMPRESS_WCT_VGG19`` or the weights cache."""
+    from ..weights import WCT_HINT, locate_wct
+
+    where = locate_wct(path)
+    if where is None:
+        raise CDCompressError(f"no WCT VGG-19 teacher found; {WCT_HINT}")
+    if (where / "model.json").is_file():
+        return Teacher(*_model_level(where, level), f"WCT VGG-19 teacher in {where}")
+    return wct_pytorch(str(where), level)
+
+
+def _model_level(path: Path, level: int) -> tuple[nn.Module, nn.Module | None]:
+    model = load(path)
+    return model.encoder(level), model.decoders.get(level)
+
+
 @TEACHER_SOURCES.register("torchvision")
 def torchvision_vgg19(path: str, level: int) -> Teacher:
     return Teacher(convert_torchvision(path).encoder(level), None, f"torchvision VGG-19 weights {path}")
@@ -85,9 +103,25 @@ def builtin(path: str, level: int, pretrained: str = "auto") -> Teacher:
     if path == "vgg19" and pretrained == "auto" and cached.is_file():
         return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
     model = teacher_architecture(levels=(level,)) if path == "vgg19" else resolve_model(path)[0]
-    note = (f"RANDOMLY INITIALISED {path} (no ImageNet weights: run `cdcompress weights download vgg19` "
-            "for a meaningful teacher)")
-    return Teacher(model.encoder(level), None, note, randomly_initialised=True)
+    encoder = scale_preserving_init(model.encoder(level))
+    note = (f"RANDOMLY INITIALISED {path} (scale-preserving random weights, no ImageNet weights: run "
+            "`cdcompress weights download vgg19` for a meaningful teacher)")
+    return Teacher(encoder, None, note, randomly_initialised=True)
+
+
+@torch.no_grad()
+def scale_preserving_init(encoder: nn.Module) -> nn.Module:
+    """He-normal conv weights and zero biases, so a random ReLU encoder keeps its input's scale.
+
+    torch's default init shrinks the signal ~2.4x per conv + ReLU while its biases do not shrink: by
+    relu3_1 the features are mostly bias and a decoder cannot recover the image (13 dB). With this init
+    random features stay invertible, which is all a stand-in teacher has to offer."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                module.bias.zero_()
+    return encoder
 
 
 @TEACHER_SOURCES.register("import")

@@ -14,7 +14,8 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -23,10 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..data import Batch, batches
+from ..data import Batch, as_batch, batches
 from ..errors import CDCompressError
 from ..images import save_image
 from ..losses import detach_terms
+from ..metrics import psnr
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0
     sample_count: int = 4
+    eval_every: int = 0  # held-out PSNR every N steps (and at the start and end) when held-out images are given
     workers: int = 0
     device: str = "cpu"
     channels_last: bool = False
@@ -71,6 +74,7 @@ class TrainConfig:
             (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,6 +95,12 @@ class Task(Protocol):
     def set_train(self, mode: bool) -> None: ...
 
 
+class Predicts(Protocol):
+    """A task that can show its current output for an input: what the held-out learning curve judges."""
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class TrainResult:
     stage: str
@@ -98,6 +108,7 @@ class TrainResult:
     seconds: float
     history: list[dict]
     resumed_from: int = 0
+    curve: list[dict] = field(default_factory=list)  # {"step", "heldout/psnr"} when eval_every and held-out images
 
 
 def _lr_lambda(config: TrainConfig):
@@ -145,8 +156,10 @@ class Trainer:
     """Runs a :class:`Task` for ``config.steps`` steps over ``data`` (see :func:`cdcompress.data.batches`:
     a :class:`~cdcompress.data.CropSampler`, a DataLoader or any iterable of batches, or a factory of one)."""
 
-    def __init__(self, task: Task, data: object, config: TrainConfig, run_dir: str | Path | None = None) -> None:
+    def __init__(self, task: Task, data: object, config: TrainConfig, run_dir: str | Path | None = None,
+                 held_out: Sequence[Batch | torch.Tensor] = ()) -> None:
         self.task, self.data, self.config = task, data, config
+        self.held_out = [as_batch(b) for b in held_out]  # the learning curve: PSNR of task.predict every eval_every
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(config.device)
         self.modules = task.trainable_modules()
@@ -209,11 +222,14 @@ class Trainer:
         start = self.load_latest_checkpoint() if resume else 0
         self._trim_metrics(start)
         history: list[dict] = []
+        curve: list[dict] = []  # held-out PSNR records (config.eval_every)
         began = time.perf_counter()
         self.task.set_train(True)
         bar = tqdm(total=self.config.steps, initial=start, desc=f"stage {self.task.name}", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
         last_good = start
+        if start == 0:
+            self._evaluate(0, curve)
         stream = batches(self.data, start, self.config.steps, self.config.workers,
                          distributed.rank(), distributed.world_size())
         for step, batch in enumerate(stream, start=start):
@@ -228,6 +244,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{terms['total']:.4g}")
             if self.config.sample_every and done % self.config.sample_every == 0:
                 self.write_samples(batch, done)
+            if self.config.eval_every and (done % self.config.eval_every == 0 or done == self.config.steps):
+                self._evaluate(done, curve)
             if self.config.checkpoint_every and done % self.config.checkpoint_every == 0:
                 self.save_checkpoint(done)
                 last_good = done
@@ -235,7 +253,7 @@ class Trainer:
         if last_good != self.config.steps:
             self.save_checkpoint(self.config.steps)
         self.task.set_train(False)
-        return TrainResult(self.task.name, self.config.steps, time.perf_counter() - began, history, start)
+        return TrainResult(self.task.name, self.config.steps, time.perf_counter() - began, history, start, curve)
 
     def _step(self, batch: Batch, step: int) -> dict[str, float]:
         if self.config.channels_last and self.device.type == "cuda":
@@ -264,6 +282,20 @@ class Trainer:
         return distributed.mean_over_processes(detach_terms(terms))
 
     # ------------------------------------------------------------------ outputs
+    def _evaluate(self, step: int, curve: list[dict]) -> None:
+        """Held-out PSNR of the task's current output (a ``heldout/psnr`` record in metrics.jsonl)."""
+        predict = getattr(self.task, "predict", None)
+        if not self.config.eval_every or not self.held_out or predict is None:
+            return
+        self.task.set_train(False)
+        with torch.no_grad():
+            scores = [psnr(predict(b.input.to(self.device)).float().clamp(0, 1), b.target.to(self.device).float())
+                      for b in self.held_out]
+        self.task.set_train(True)
+        record = {"stage": self.task.name, "step": step, "heldout/psnr": round(sum(scores) / len(scores), 4)}
+        curve.append(record)
+        self._append_metrics(record)
+
     def write_samples(self, batch: Batch, step: int) -> Path | None:
         """A PNG grid: one row per sample image, one column per view the task shows."""
         if self.run_dir is None or not distributed.is_main():

@@ -1,0 +1,289 @@
+"""The paper's reproduction for WCT levels 1-3: CD vs prune-only vs feature-KD from the real teacher.
+
+Every method is the bundled ``wct_vgg19_cpu`` recipe (the original WCT VGG-19 teacher and its
+trained decoders, students at the paper's widths, stage-3 decoders) with overrides, one level per
+run, for several seeds, all through the same pipeline as ``cdcompress distill``. The bar: the
+paper's released 16x students (se{k}/sd{k}) and the teacher itself. One fixed ruler for all: the
+teacher's VGG-19 to relu3_1 measures WCT Gram and content distances; reconstruction PSNR/SSIM on the
+held-out ``../shared/images/style`` photos (training: scikit-image photos + ``../shared/images/content``).
+
+Writes ``docs/reproduction_wct.md`` (tables, commands), ``docs/images/reproduction_L{k}.png``
+(content | style | teacher | released | ours) and ``docs/images/reproduction_curves.png``
+(held-out PSNR against steps), plus ``results.json`` under ``--out``. Finished runs are reused.
+
+    python benchmarks/wct_reproduction.py --seeds 0 1 --steps 300 [--long-steps 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdcompress.distill.run import eval_images, run_recipe
+from cdcompress.evaluate import image_files, load_scaled, mean_style, style_evaluation
+from cdcompress.metrics import psnr, ssim
+from cdcompress.models import convert_cd_release, load
+from cdcompress.models.converters import convert_wct_pytorch
+from cdcompress.models.format import CDModel
+from cdcompress.recipe import check_paths, load_recipe
+from cdcompress.stylize import stylize
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TEACHER_DIR = SHARED / "reference" / "wct-vgg19"
+RELEASE_DIR = SHARED / "reference" / "cd16x"
+RECIPE = "wct_vgg19_cpu"
+VARIANTS: dict[str, list[str]] = {
+    "CD (β 10, pixel 1, λp 1)": [],
+    "CD (10/10/10, as the authors' script)": ["embed.beta=1"],  # Adam is scale-free: 10/10/10 == 1/1/1
+    "feature-KD only": ["objective.kind=feature-kd"],
+    "prune-only (FP-slimmed)": ["stages.distill.enabled=false", "stages.decoder.init=pruned"],  # no trained Q to fold
+}
+SHORT = {name: key for name, key in zip(VARIANTS, ("cd", "cd-equal", "kd", "prune"), strict=True)}
+GRAM_LEVELS = (1, 2, 3)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def summarise(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "n/a"
+    spread = (max(values) - min(values)) / 2
+    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def overrides(level: int, seed: int, steps: int, decoder_steps: int, eval_every: int, extra: list[str]) -> list[str]:
+    return [f"levels=[{level}]", f"seed={seed}", f"stages.distill.steps={steps}", f"stages.decoder.steps={decoder_steps}",
+            f"output.eval_every={eval_every}", *extra]
+
+
+def run_one(run_dir: Path, sets: list[str]) -> dict[str, Any]:
+    """One recipe run (reused when its report exists); returns its report."""
+    if (run_dir / "report.json").is_file() and json.loads((run_dir / "config.json").read_text()) == sets:
+        return json.loads((run_dir / "report.json").read_text())
+    recipe = load_recipe(RECIPE, sets)
+    check_paths(recipe, RECIPE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(sets))
+    return run_recipe(recipe, run_dir).report
+
+
+# ---------------------------------------------------------------- measurement (one ruler for every model)
+@torch.no_grad()
+def reconstruction(model: CDModel, level: int, images: list[torch.Tensor]) -> dict[str, float]:
+    outputs = [model.decoder(level)(model.encoder(level)(x)).clamp(0, 1) for x in images]
+    return {"psnr": statistics.fmean(psnr(y, x) for y, x in zip(outputs, images, strict=True)),
+            "ssim": statistics.fmean(ssim(y, x) for y, x in zip(outputs, images, strict=True))}
+
+
+def stylization(model: CDModel, level: int, photos: list[Path], ruler: torch.nn.Module, max_side: int) -> dict[str, float]:
+    """WCT at ``level`` over every ordered pair of distinct held-out photos, Gram + content distance by ``ruler``."""
+    results = [r for r in style_evaluation(model, photos, photos, ruler, levels=[level], max_side=max_side,
+                                           gram_levels=GRAM_LEVELS) if r.content != r.style]
+    means = mean_style(results)
+    return {"gram": sum(means[f"conv{k}"] for k in GRAM_LEVELS), "content": means["content"],
+            **{f"gram_conv{k}": means[f"conv{k}"] for k in GRAM_LEVELS}}
+
+
+def measure(model: CDModel, level: int, images: list[torch.Tensor], photos: list[Path], ruler: torch.nn.Module,
+            max_side: int) -> dict[str, float]:
+    params = sum(p.numel() for p in model.encoder(level).parameters())
+    return {"encoder_params": params, **reconstruction(model, level, images),
+            **stylization(model, level, photos, ruler, max_side)}
+
+
+# ---------------------------------------------------------------- figures
+def square(path: Path, side: int) -> torch.Tensor:
+    """The photo's centred square, ``side``² (grid cells line up whatever the photos' orientations)."""
+    image = load_scaled(path, None)
+    h, w = image.shape[-2:]
+    n = min(h, w)
+    top, left = (h - n) // 2, (w - n) // 2
+    crop = image[..., top : top + n, left : left + n]
+    return torch.nn.functional.interpolate(crop, size=(side, side), mode="bilinear", antialias=True).clamp(0, 1)
+
+
+@torch.no_grad()
+def stylization_grid(models: dict[str, CDModel], level: int, photos: list[Path], out: Path, side: int = 224) -> Path:
+    """Rows: (content, style) pairs of held-out photos; columns content | style | one WCT result per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(zip(photos, photos[1:] + photos[:1], strict=True))
+    columns = ["content", "style", *models]
+    fig, axes = plt.subplots(len(pairs), len(columns), figsize=(2.0 * len(columns), 2.0 * len(pairs)), squeeze=False)
+    for row, (content_path, style_path) in enumerate(pairs):
+        content, style = square(content_path, side), square(style_path, side)
+        cells = [content, style] + [stylize(m, content, style, method="wct", levels=[level], tile=0).clamp(0, 1)
+                                    for m in models.values()]
+        for col, cell in enumerate(cells):
+            ax = axes[row][col]
+            ax.imshow(cell[0].permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=9)
+    fig.suptitle(f"WCT at level {level} (relu{level}_1), held-out photos", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def mean_curve(runs: list[dict[str, Any]], prefix: str) -> tuple[list[int], list[float]]:
+    """The seeds' mean held-out PSNR at each evaluated step of the stage whose name starts with ``prefix``."""
+    curves = [dict(points) for run in runs for stage, points in run["curves"].items() if stage.startswith(prefix)]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return steps, [statistics.fmean(c[s] for c in curves) for s in steps]
+
+
+def curves_png(results: dict[str, Any], references: dict[int, dict[str, dict[str, float]]], out: Path) -> Path:
+    """Held-out PSNR against training steps per level, mean over seeds: stage 2 dashed (the frozen collaborator
+    decoding Q·F'), stage 3 solid (student + its decoder), stage 3 drawn after stage 2 on one step axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted({r["level"] for r in results["runs"]})
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.0 * len(levels), 3.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, level in zip(axes[0], levels, strict=True):
+        groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        for run in results["runs"]:
+            if run["level"] == level:
+                groups.setdefault((run["variant"], run["steps"], run["decoder_steps"]), []).append(run)
+        for index, ((variant, steps, decoder_steps), runs) in enumerate(groups.items()):
+            colour = colours[index % len(colours)]
+            label = f"{SHORT[variant]} {steps}+{decoder_steps} (n={len(runs)})"
+            x2, y2 = mean_curve(runs, "distill")
+            if x2:
+                ax.plot(x2, y2, "--", color=colour, linewidth=1)
+            x3, y3 = mean_curve(runs, "decoder")
+            offset = steps  # every stage 3 starts where stage 2 would end, prune-only's too
+            ax.plot([offset + x for x in x3], y3, "-", color=colour, linewidth=1.2, label=label)
+        for name, style in (("released", ":"), ("teacher", "-.")):
+            ax.axhline(references[level][name]["psnr"], color="black", linewidth=0.8, linestyle=style, label=name)
+        ax.set_title(f"level {level}: held-out PSNR (-- stage 2 via collaborator, — stage 3)", fontsize=8)
+        ax.set_xlabel("training step (stage 2, then stage 3)")
+        ax.set_ylabel("dB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------- report
+def table(level: int, rows: dict[str, list[dict[str, float]]]) -> str:
+    lines = [f"| level {level} | encoder params | PSNR (dB) | SSIM | WCT Gram distance Σrelu1-3 | content distance |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, measured in rows.items():
+        params = int(measured[0]["encoder_params"])
+        lines.append(f"| {name} | {params:,} | {summarise([m['psnr'] for m in measured])} | "
+                     f"{summarise([m['ssim'] for m in measured], 3)} | "
+                     f"{summarise([m['gram'] for m in measured], 1)} | "
+                     f"{summarise([m['content'] for m in measured], 3)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=300, help="stage-2 steps")
+    parser.add_argument("--decoder-steps", type=int, default=1500, help="stage-3 steps")
+    parser.add_argument("--eval-every", type=int, default=100, help="learning-curve interval")
+    parser.add_argument("--variants", nargs="+", default=list(SHORT.values()), choices=list(SHORT.values()))
+    parser.add_argument("--long-steps", type=int, default=0, help="also one CD run (seed 0, last level), stage 2 this long")
+    parser.add_argument("--long-decoder-steps", type=int, default=3000, help="... and stage 3 this long")
+    parser.add_argument("--max-side", type=int, default=256, help="stylization size (long side)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "wct_reproduction")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if not (TEACHER_DIR.is_dir() and RELEASE_DIR.is_dir()):
+        raise SystemExit(f"needs {TEACHER_DIR} and {RELEASE_DIR} (../shared from the project root)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    chosen = {name: extra for name, extra in VARIANTS.items() if SHORT[name] in args.variants}
+    plan = [(level, seed, name, args.steps, args.decoder_steps) for level in args.levels for seed in args.seeds
+            for name in chosen]
+    if args.long_steps:
+        plan.append((args.levels[-1], 0, next(iter(VARIANTS)), args.long_steps, args.long_decoder_steps))
+
+    recipe = load_recipe(RECIPE, [])
+    images = [image for _, image in eval_images(recipe, args.out / "scratch")]
+    photos = image_files(SHARED / "images" / "style", "--style")
+    teacher = convert_wct_pytorch(TEACHER_DIR)
+    ruler = teacher.encoder(max(GRAM_LEVELS)).eval()
+    references: dict[int, dict[str, dict[str, float]]] = {}
+    for level in args.levels:
+        released = convert_cd_release(RELEASE_DIR, levels=(level,))
+        references[level] = {"teacher": measure(teacher, level, images, photos, ruler, args.max_side),
+                             "released": measure(released, level, images, photos, ruler, args.max_side)}
+        log(f"level {level}: teacher {references[level]['teacher']['psnr']:.2f} dB, released "
+            f"{references[level]['released']['psnr']:.2f} dB")
+
+    runs = []
+    for level, seed, name, steps, decoder_steps in plan:
+        sets = overrides(level, seed, steps, decoder_steps, args.eval_every, chosen.get(name, VARIANTS[name]))
+        run_dir = args.out / f"L{level}_{SHORT[name]}_s{seed}_{steps}-{decoder_steps}"
+        t0 = time.perf_counter()
+        report = run_one(run_dir, sets)
+        student = load(run_dir / "student")
+        measured = measure(student, level, images, photos, ruler, args.max_side)
+        runs.append({"level": level, "seed": seed, "variant": name, "steps": steps, "decoder_steps": decoder_steps,
+                     "run_dir": str(run_dir), "overrides": sets, "measured": measured,
+                     "through_collaborator_psnr": report["levels"][str(level)].get("through_collaborator_psnr"),
+                     "curves": report.get("heldout_curves", {}), "stage_seconds": report["stage_seconds"]})
+        log(f"L{level} {name} seed {seed} ({steps}/{decoder_steps} steps): {measured['psnr']:.2f} dB, "
+            f"Gram {measured['gram']:.1f} ({time.perf_counter() - t0:.0f} s)")
+
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}", "command": "python benchmarks/wct_reproduction.py " + shlex.join(argv),
+               "references": {str(k): v for k, v in references.items()}, "runs": runs,
+               "minutes": round((time.perf_counter() - started) / 60, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    images_dir = args.docs / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for level in args.levels:
+        rows = {"teacher (WCT VGG-19 + its decoder)": [references[level]["teacher"]],
+                f"released 16x student (se{level}/sd{level})": [references[level]["released"]]}
+        for name in chosen:
+            measured = [r["measured"] for r in runs if r["level"] == level and r["variant"] == name
+                        and r["steps"] == args.steps]
+            if measured:
+                rows[f"{name}, {args.steps}+{args.decoder_steps} steps"] = measured
+        for r in runs:
+            if r["level"] == level and (r["steps"], r["decoder_steps"]) != (args.steps, args.decoder_steps):
+                rows[f"{r['variant']}, {r['steps']}+{r['decoder_steps']} steps, seed {r['seed']}"] = [r["measured"]]
+        tables.append(table(level, rows))
+        ours = next(r for r in runs if r["level"] == level and r["variant"] == next(iter(chosen)))
+        stylization_grid({"teacher": teacher, "released": convert_cd_release(RELEASE_DIR, levels=(level,)),
+                          "ours": load(Path(ours["run_dir"]) / "student")}, level, photos,
+                         images_dir / f"reproduction_L{level}.png")
+    curves_png(results, references, images_dir / "reproduction_curves.png")
+    print("\n\n".join(tables))
+    (args.out / "tables.md").write_text("\n\n".join(tables) + "\n")
+    log(f"done in {results['minutes']} min: {args.out / 'results.json'}, {args.out / 'tables.md'}, figures in {images_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
