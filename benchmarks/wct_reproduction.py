@@ -200,7 +200,7 @@ def table(level: int, rows: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -214,18 +214,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "wct_reproduction")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args(argv)
-    if not (TEACHER_DIR.is_dir() and RELEASE_DIR.is_dir()):
-        raise SystemExit(f"needs {TEACHER_DIR} and {RELEASE_DIR} (../shared from the project root)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the docs from --out/results.json")
+    return parser.parse_args(argv)
+
+
+def run_study(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Measure the references, run (or reuse) every planned run, measure each student; results.json."""
     started = time.perf_counter()
     chosen = {name: extra for name, extra in VARIANTS.items() if SHORT[name] in args.variants}
     plan = [(level, seed, name, args.steps, args.decoder_steps) for level in args.levels for seed in args.seeds
             for name in chosen]
     if args.long_steps:
         plan.append((args.levels[-1], 0, next(iter(VARIANTS)), args.long_steps, args.long_decoder_steps))
-
     recipe = load_recipe(RECIPE, [])
     images = [image for _, image in eval_images(recipe, args.out / "scratch")]
     photos = image_files(SHARED / "images" / "style", "--style")
@@ -238,51 +238,208 @@ def main(argv: list[str]) -> None:
                              "released": measure(released, level, images, photos, ruler, args.max_side)}
         log(f"level {level}: teacher {references[level]['teacher']['psnr']:.2f} dB, released "
             f"{references[level]['released']['psnr']:.2f} dB")
-
     runs = []
     for level, seed, name, steps, decoder_steps in plan:
-        sets = overrides(level, seed, steps, decoder_steps, args.eval_every, chosen.get(name, VARIANTS[name]))
+        sets = overrides(level, seed, steps, decoder_steps, args.eval_every, VARIANTS[name])
         run_dir = args.out / f"L{level}_{SHORT[name]}_s{seed}_{steps}-{decoder_steps}"
         t0 = time.perf_counter()
         report = run_one(run_dir, sets)
-        student = load(run_dir / "student")
-        measured = measure(student, level, images, photos, ruler, args.max_side)
+        measured = measure(load(run_dir / "student"), level, images, photos, ruler, args.max_side)
         runs.append({"level": level, "seed": seed, "variant": name, "steps": steps, "decoder_steps": decoder_steps,
                      "run_dir": str(run_dir), "overrides": sets, "measured": measured,
                      "through_collaborator_psnr": report["levels"][str(level)].get("through_collaborator_psnr"),
                      "curves": report.get("heldout_curves", {}), "stage_seconds": report["stage_seconds"]})
         log(f"L{level} {name} seed {seed} ({steps}/{decoder_steps} steps): {measured['psnr']:.2f} dB, "
             f"Gram {measured['gram']:.1f} ({time.perf_counter() - t0:.0f} s)")
-
     results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                f"torch {torch.__version__}", "command": "python benchmarks/wct_reproduction.py " + shlex.join(argv),
+               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "docs")},
                "references": {str(k): v for k, v in references.items()}, "runs": runs,
                "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def grouped(results: dict[str, Any], level: int, variant: str, main: tuple[int, int]) -> list[dict[str, float]]:
+    return [r["measured"] for r in results["runs"] if r["level"] == level and r["variant"] == variant
+            and (r["steps"], r["decoder_steps"]) == main]
+
+
+def mean_of(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.fmean(m[key] for m in rows)
+
+
+# Which way is better for each metric: reconstruction up, distances down.
+METRICS = {"psnr": ("PSNR", 1), "ssim": ("SSIM", 1), "gram": ("Gram distance", -1), "content": ("content distance", -1)}
+
+
+def target_lines(results: dict[str, Any], levels: list[int], main: tuple[int, int]) -> list[str]:
+    """CD vs prune-only and feature-KD per level and metric, the weighting comparison and the level-3 gap."""
+    cd, equal, kd, prune = VARIANTS
+    lines = ["| level | metric | CD | feature-KD | prune-only | CD best of the three |", "|---:|---|---:|---:|---:|:---:|"]
+    wins = total = 0
+    for level in levels:
+        rows = {name: grouped(results, level, name, main) for name in (cd, kd, prune)}
+        if not all(rows.values()):
+            continue
+        for key, (label, sign) in METRICS.items():
+            means = {name: mean_of(r, key) for name, r in rows.items()}
+            best = all(sign * (means[cd] - means[other]) > 0 for other in (kd, prune))
+            wins, total = wins + best, total + 1
+            lines.append(f"| {level} | {label} | {means[cd]:.4g} | {means[kd]:.4g} | {means[prune]:.4g} | "
+                         f"{'yes' if best else 'no'} |")
+    lines += ["", f"CD is the best of the three in {wins} of {total} level × metric cells.", "",
+              "| level | CD β 10 / pixel 1 / λp 1 (PSNR, Gram) | CD 10/10/10 (PSNR, Gram) | PSNR difference |",
+              "|---:|---:|---:|---:|"]
+    better_equal = 0
+    for level in levels:
+        a, b = grouped(results, level, cd, main), grouped(results, level, equal, main)
+        if a and b:
+            diff = mean_of(b, "psnr") - mean_of(a, "psnr")
+            better_equal += diff > 0
+            lines.append(f"| {level} | {mean_of(a, 'psnr'):.2f} dB, {mean_of(a, 'gram'):.1f} | "
+                         f"{mean_of(b, 'psnr'):.2f} dB, {mean_of(b, 'gram'):.1f} | {diff:+.2f} dB |")
+    lines += ["", f"Equal weighting (the authors' script) gives the higher PSNR at {better_equal} of {len(levels)} levels."]
+    return lines
+
+
+def gap_lines(results: dict[str, Any], main: tuple[int, int]) -> list[str]:
+    """Level 3 against the released SE3/SD3, and what the longest run's curve says about more steps."""
+    cd = next(iter(VARIANTS))
+    if "3" not in results["references"]:
+        return []
+    released = results["references"]["3"]["released"]
+    lines = []
+    for run in sorted((r for r in results["runs"] if r["level"] == 3 and r["variant"] == cd),
+                      key=lambda r: (r["steps"], r["decoder_steps"], r["seed"])):
+        m = run["measured"]
+        lines.append(f"- CD at level 3, {run['steps']}+{run['decoder_steps']} steps, seed {run['seed']}: "
+                     f"{m['psnr']:.2f} dB ({m['psnr'] - released['psnr']:+.2f} dB against the released SE3/SD3's "
+                     f"{released['psnr']:.2f} dB), Gram {m['gram']:.1f} (released {released['gram']:.1f}).")
+    longest = max((r for r in results["runs"] if r["level"] == 3 and r["variant"] == cd),
+                  key=lambda r: r["steps"] + r["decoder_steps"], default=None)
+    if longest:
+        points = next((p for stage, p in longest["curves"].items() if stage.startswith("decoder")), [])
+        if len(points) >= 4:
+            half = points[len(points) // 2:]
+            (s0, v0), (s1, v1) = half[0], half[-1]
+            slope = 1000 * (v1 - v0) / max(1, s1 - s0)
+            lines.append(f"- The longest run's stage-3 curve gains {slope:+.2f} dB per 1,000 steps over its second half "
+                         f"({v0:.2f} → {v1:.2f} dB from step {s0} to {s1}).")
+    return lines
+
+
+def write_docs(results: dict[str, Any], args: argparse.Namespace) -> Path:
+    """Tables, target checks, figures and commands into docs/reproduction_wct.md (and tables.md under --out)."""
+    levels = sorted({r["level"] for r in results["runs"]})
+    main = (results["settings"]["steps"], results["settings"]["decoder_steps"])
+    references = {int(k): v for k, v in results["references"].items()}
     images_dir = args.docs / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
+    teacher = convert_wct_pytorch(TEACHER_DIR)
+    photos = image_files(SHARED / "images" / "style", "--style")
     tables = []
-    for level in args.levels:
+    for level in levels:
         rows = {"teacher (WCT VGG-19 + its decoder)": [references[level]["teacher"]],
                 f"released 16x student (se{level}/sd{level})": [references[level]["released"]]}
-        for name in chosen:
-            measured = [r["measured"] for r in runs if r["level"] == level and r["variant"] == name
-                        and r["steps"] == args.steps]
+        for name in VARIANTS:
+            measured = grouped(results, level, name, main)
             if measured:
-                rows[f"{name}, {args.steps}+{args.decoder_steps} steps"] = measured
-        for r in runs:
-            if r["level"] == level and (r["steps"], r["decoder_steps"]) != (args.steps, args.decoder_steps):
+                rows[f"{name}, {main[0]}+{main[1]} steps, {len(measured)} seeds"] = measured
+        for r in results["runs"]:
+            if r["level"] == level and (r["steps"], r["decoder_steps"]) != main:
                 rows[f"{r['variant']}, {r['steps']}+{r['decoder_steps']} steps, seed {r['seed']}"] = [r["measured"]]
         tables.append(table(level, rows))
-        ours = next(r for r in runs if r["level"] == level and r["variant"] == next(iter(chosen)))
+        ours = next(r for r in results["runs"] if r["level"] == level and r["variant"] == next(iter(VARIANTS)))
         stylization_grid({"teacher": teacher, "released": convert_cd_release(RELEASE_DIR, levels=(level,)),
-                          "ours": load(Path(ours["run_dir"]) / "student")}, level, photos,
+                          "ours (CD)": load(Path(ours["run_dir"]) / "student")}, level, photos,
                          images_dir / f"reproduction_L{level}.png")
     curves_png(results, references, images_dir / "reproduction_curves.png")
-    print("\n\n".join(tables))
     (args.out / "tables.md").write_text("\n\n".join(tables) + "\n")
-    log(f"done in {results['minutes']} min: {args.out / 'results.json'}, {args.out / 'tables.md'}, figures in {images_dir}")
+    seconds = {f"L{r['level']} {SHORT[r['variant']]} {r['steps']}+{r['decoder_steps']}": sum(r["stage_seconds"].values())
+               for r in results["runs"] if r["seed"] == 0}
+    doc = args.docs / "reproduction_wct.md"
+    doc.write_text(DOC.format(
+        date=results["date"], machine=results["machine"], minutes=results["minutes"], command=results["command"],
+        seeds=", ".join(str(s) for s in results["settings"]["seeds"]), steps=main[0], decoder_steps=main[1],
+        tables="\n\n".join(tables), targets="\n".join(target_lines(results, levels, main)),
+        gap="\n".join(gap_lines(results, main)),
+        grids="\n".join(f"![level {k}](images/reproduction_L{k}.png)" for k in levels),
+        timing=", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())))
+    return doc
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if not (TEACHER_DIR.is_dir() and RELEASE_DIR.is_dir()):
+        raise SystemExit(f"needs {TEACHER_DIR} and {RELEASE_DIR} (../shared from the project root)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = json.loads((args.out / "results.json").read_text()) if args.report_only else run_study(args, argv)
+    results.setdefault("settings", {"steps": args.steps, "decoder_steps": args.decoder_steps, "seeds": args.seeds})
+    doc = write_docs(results, args)
+    print((args.out / "tables.md").read_text())
+    log(f"{results['minutes']} min of runs; wrote {doc}, {args.out / 'results.json'}, figures in {args.docs / 'images'}")
+
+
+DOC = """# Reproduction: the paper's 16x WCT students from the real teacher (levels 1-3, CPU)
+
+Teacher: the original WCT normalised VGG-19 encoders and their trained decoders (`../shared/reference/wct-vgg19`,
+read by the teacher source `wct-pytorch`), the networks the paper compressed. Students at the paper's widths
+(1/4; level 1's conv11 at 24 filters), initialised from the teacher's strongest filters (L1). Every row is the bundled
+recipe `wct_vgg19_cpu` run by `cdcompress distill` with overrides, one level per run: stage 2 {steps} steps (Adam
+1e-3, cosine, batch 4, 128² crops of photos resized to 160, β 10, λp 1, taps relu1_1..relu{{k}}_1), stage 3 {decoder_steps}
+steps for every method (pixel loss, Adam 3e-3, cosine; decoder from the slimmed collaborator with the trained output
+branch folded into its first conv, the plain slimmed collaborator for prune-only, which has no trained branch).
+Training photos: scikit-image's bundled photos and `../shared/images/content`; held out: the four
+`../shared/images/style` photos. Seeds {seeds}: mean ± half the range. {date}, {machine}, {minutes} minutes in all.
+
+- **CD**: embedding loss at every tap + reconstruction through the frozen teacher decoder (pixel + λp·perceptual).
+- **CD 10/10/10**: the same with the embedding, pixel and perceptual terms weighted equally, as the authors' released
+  training script does (10 each; Adam is scale-free, so β 1, pixel 1, λp 1).
+- **feature-KD only**: the embedding loss alone (no collaborator).
+- **prune-only (FP-slimmed)**: no stage 2.
+- The bar: the paper's released 16x students (`../shared/reference/cd16x`, se{{k}}/sd{{k}}) and the teacher itself.
+
+Metrics, one ruler for everything: reconstruction PSNR/SSIM of encoder → its own decoder on the held-out photos
+(shorter side 256); WCT stylization at that level over the 12 ordered pairs of distinct held-out photos (long side
+256), Gram distance summed over relu1_1..relu3_1 and content distance at relu3_1, both measured by the teacher's VGG-19.
+
+{tables}
+
+## Targets
+
+{targets}
+
+## Level 3 against the released student
+
+{gap}
+
+Wall time per run (seed 0): {timing}.
+
+## Learning curves
+
+Held-out PSNR during training, mean over seeds; stage 2 dashed (the frozen collaborator decoding Q·F'), stage 3 solid
+(the student with its own decoder), drawn after stage 2 on one step axis.
+
+![held-out PSNR against steps](images/reproduction_curves.png)
+
+## Stylization grids (WCT at one level; columns content | style | teacher | released | ours)
+
+{grids}
+
+## Commands
+
+```bash
+{command}
+python benchmarks/wct_reproduction.py --report-only      # rewrite this page from runs/wct_reproduction/results.json
+cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set seed=0               # the CD row at level 3
+cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set embed.beta=1         # CD 10/10/10
+cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set objective.kind=feature-kd
+cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set stages.distill.enabled=false --set stages.decoder.init=pruned
+```
+"""
 
 
 if __name__ == "__main__":

@@ -77,6 +77,21 @@ def test_cd16x_half(tmp_path: Path) -> None:
     run_benchmark("cd16x_half.py", "--seeds", "0", "--steps", "2", "--out", tmp_path / "runs", "--docs", tmp_path)
 
 
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")
+@NEEDS_SHARED
+def test_wct_reproduction(tmp_path: Path) -> None:
+    """The study end to end at level 1 (real teacher, released se1/sd1), two methods, and its docs from results.json."""
+    args = ["--levels", "1", "--seeds", "0", "--steps", "2", "--decoder-steps", "2", "--eval-every", "1", "--variants",
+            "cd", "prune", "--max-side", "64", "--out", tmp_path / "runs", "--docs", tmp_path / "docs"]
+    out = run_benchmark("wct_reproduction.py", *args)
+    assert "released 16x student (se1/sd1) | 684 |" in out and "prune-only (FP-slimmed), 2+2 steps, 1 seeds" in out
+    doc = (tmp_path / "docs" / "reproduction_wct.md").read_text()
+    assert "## Targets" in doc and "python benchmarks/wct_reproduction.py --levels 1" in doc
+    assert (tmp_path / "docs" / "images" / "reproduction_L1.png").stat().st_size > 0
+    again = run_benchmark("wct_reproduction.py", *args, "--report-only")  # the docs again, without training
+    assert again == out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_gpu_benchmark_says_it_needs_a_gpu() -> None:
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_stylize.py")], capture_output=True, text=True,

@@ -53,3 +53,28 @@ def test_folded_init_trains_and_is_refused_for_other_pairs() -> None:
         other.train_decoder(images, cdcompress.TrainConfig(steps=1), init="folded")
     with pytest.raises(CDCompressError, match="pruned, folded, random"):
         other.train_decoder(images, cdcompress.TrainConfig(steps=1), init="zeros")
+
+
+def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> None:
+    """eval_every: held-out PSNR at step 0, every N steps and at the end, in the result and in metrics.jsonl."""
+    import json
+
+    d = _vgg_distiller(2)
+    train = [torch.rand(2, 3, 32, 32) for _ in range(5)]
+    held_out = [torch.rand(1, 3, 32, 48), torch.rand(1, 3, 48, 32)]
+    result = d.fit(train, cdcompress.TrainConfig(steps=5, lr=1e-3, eval_every=2), tmp_path, held_out=held_out)
+    assert [r["step"] for r in result.curve] == [0, 2, 4, 5]
+    assert all(5 < r["heldout/psnr"] < 60 for r in result.curve)
+    with torch.no_grad():  # the last point is the collaborator decoding the trained student's Q·F'
+        from cdcompress.metrics import psnr
+
+        expected = sum(psnr(d.predict(x).clamp(0, 1), x) for x in held_out) / 2
+    assert abs(result.curve[-1]["heldout/psnr"] - expected) < 1e-3
+    assert all("total" in h for h in result.history)  # loss history stays loss records only
+    _, decoded = d.train_decoder(train, cdcompress.TrainConfig(steps=3, eval_every=3), held_out=held_out, run_dir=tmp_path)
+    assert [r["step"] for r in decoded.curve] == [0, 3]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in records if "heldout/psnr" in r] == [
+        ("distill", 0), ("distill", 2), ("distill", 4), ("distill", 5), ("decoder", 0), ("decoder", 3)]
+    no_curve = d.fit(train, cdcompress.TrainConfig(steps=2, lr=1e-3), held_out=held_out)
+    assert no_curve.curve == []  # eval_every 0: no evaluation cost
