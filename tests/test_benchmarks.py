@@ -97,3 +97,8 @@ def test_gpu_benchmark_says_it_needs_a_gpu() -> None:
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_stylize.py")], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
     assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_allocator() -> None:
+    out = run_benchmark("train_allocator.py", "--steps", "2", "--repeats", "1", "--crop", "48", "--level", "1")
+    assert "| retained heap |" in out and "speed-up from the retained heap" in out

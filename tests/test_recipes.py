@@ -93,7 +93,7 @@ def test_bundled_recipes_validate_and_show() -> None:
     code, out = run("recipes", "show", "wct_vgg19", "--set", "stages.distill.lr=3e-4")
     shown = yaml.safe_load(out)
     assert code == 0 and shown["stages"]["distill"]["lr"] == 3e-4 and shown["student"]["level_width"] == {1: {"conv11": 24}}
-    assert shown["embed"]["beta"] == 10.0 and shown["data"]["crop"] == 256
+    assert shown["embed"]["beta"] == 1.0 and shown["data"]["crop"] == 256
 
 
 def test_extends_merges_and_overrides(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,12 +26,19 @@ from .options import parse_levels
 @click.option("--dynamic", is_flag=True, help="Dynamic image height/width (overrides the profile's shape).")
 @click.option("--tile", nargs=2, type=int, metavar="H W", help="Fix every graph to one H x W image tile (multiples of 16).")
 @click.option("--fp16", is_flag=True, help="Half-precision compute (inputs/outputs stay float32), looser parity tolerance.")
+@click.option("--int8", is_flag=True, help="INT8 graphs for CPU: static quantization calibrated on photos, written only if "
+                                           "a quality gate on held-out photos passes (PSNR drop, WCT difference).")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="--int8: folder of calibration photos [scikit-image's bundled photos].")
+@click.option("--held-out", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="--int8: photos the quality gate judges (required with --calibration).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write [default: out/<model name>-bundle].")
 @click.option("--force", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, levels: str | None, dynamic: bool,
-           tile: tuple[int, int] | None, fp16: bool, out: Path | None, force: bool, quiet: bool) -> None:
+           tile: tuple[int, int] | None, fp16: bool, int8: bool, calibration: Path | None, held_out: Path | None,
+           out: Path | None, force: bool, quiet: bool) -> None:
     """Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch.
 
     Every graph is run with onnxruntime at several input sizes and compared with the PyTorch
@@ -40,11 +48,22 @@ def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, leve
 
     if dynamic and tile:
         raise CDCompressError("--dynamic and --tile exclude each other; pass one of them")
+    if int8 and (trt or fp16 or tile):
+        raise CDCompressError("--int8 makes dynamic-shape CPU graphs; drop --trt, --fp16 and --tile")
+    if (calibration or held_out) and not int8:
+        raise CDCompressError("--calibration and --held-out apply to --int8 only")
+    if calibration and not held_out:
+        raise CDCompressError("INT8 with --calibration needs --held-out photos for the quality gate (never calibrated on)")
     profile = load_profile(profile_ref or ("trt-fp16" if trt else "onnx-dynamic"))
     profile = profile.with_overrides(dynamic=dynamic, tile=tuple(tile) if tile else None, fp16=fp16)
     loaded, model_dir = resolve_model(model)
     name = str(loaded.meta.get("name") or Path(model).name)
     out = out or Path("out") / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-bundle"
+    if out.exists() and not force:
+        raise CDCompressError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if int8:
+        _export_int8(loaded, model, model_dir, out, profile, levels, calibration, held_out, force, quiet)
+        return
     result = export_bundle(loaded, out, profile, parse_levels(levels) if levels else None, model_ref=model,
                            model_dir=model_dir, tensorrt=trt, overwrite=force, echo=click.echo, progress=not quiet)
     manifest = result.manifest
@@ -54,6 +73,27 @@ def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, leve
     click.echo(f"wrote {out} (levels {','.join(map(str, manifest['levels']))}, {len(manifest['parts'])} graphs"
                f"{f', {engines} TensorRT engines' if engines else ''}, {size / 1e6:.2f} MB, "
                f"{manifest['precision']}, {shape}; parity verified on {len(result.rows)} cases)")
+
+
+def _export_int8(loaded: Any, model_ref: str, model_dir: Path | None, out: Path, profile: Any, levels: str | None,
+                 calibration: Path | None, held_out: Path | None, force: bool, quiet: bool) -> None:
+    """The verified float32 bundle first (in a scratch folder), then its gated int8 copy at ``out``."""
+    import tempfile
+
+    from ..export import export_bundle
+    from ..export.int8 import quantize_bundle
+
+    with tempfile.TemporaryDirectory(prefix="cdcompress-fp32-") as scratch:
+        export_bundle(loaded, Path(scratch) / "fp32", profile.with_overrides(dynamic=True),
+                      parse_levels(levels) if levels else None, model_ref=model_ref, model_dir=model_dir,
+                      echo=lambda _: None, progress=not quiet)
+        result = quantize_bundle(Path(scratch) / "fp32", out, calibration, held_out, overwrite=force, echo=click.echo)
+    size = sum(f["bytes"] for f in result.manifest["files"].values())
+    int8_levels = result.manifest["int8_levels"]
+    float_levels = [k for k in result.manifest["levels"] if k not in int8_levels]
+    click.echo(f"wrote {out} (int8 levels {','.join(map(str, int8_levels))}"
+               + (f", float32 levels {','.join(map(str, float_levels))} (past the gate)" if float_levels else "")
+               + f", {size / 1e6:.2f} MB; float32 parity verified, int8 levels passed the quality gate)")
 
 
 _BUILTINS = BUILTIN_HELP.split(": ", 1)[1]

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..allocator import retained_heap
 from ..data import Batch, as_batch, batches
 from ..errors import CDCompressError
 from ..images import save_image
@@ -219,6 +220,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train for ``config.steps`` steps (from the newest checkpoint with ``resume``).
+
+        On CPU the loop runs inside :func:`~cdcompress.allocator.retained_heap`: every step frees and
+        reallocates the same large activations, and glibc would otherwise unmap and re-fault them each
+        time (half the CPU time in the kernel, measured; docs/benchmarks.md). Steady-state shapes make the
+        retained heap's fragmentation cost nil; it is trimmed when the stage ends."""
+        if self.device.type != "cpu":
+            return self._fit(resume)
+        with retained_heap():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         start = self.load_latest_checkpoint() if resume else 0
         self._trim_metrics(start)
         history: list[dict] = []
