@@ -404,7 +404,8 @@ Teacher: the original WCT normalised VGG-19 encoders and their trained decoders 
 read by the teacher source `wct-pytorch`), the networks the paper compressed. Students at the paper's widths
 (1/4; level 1's conv11 at 24 filters), initialised from the teacher's strongest filters (L1). Every row is the bundled
 recipe `wct_vgg19_cpu` run by `cdcompress distill` with overrides, one level per run: stage 2 {steps} steps (Adam
-1e-3, cosine, batch 4, 128² crops of photos resized to 160, β 10, λp 1, taps relu1_1..relu{{k}}_1), stage 3 {decoder_steps}
+1e-3, cosine, batch 4, 128² crops of photos resized to 160, λp 1, β per variant, taps relu1_1..relu{{k}}_1; the runs
+set β explicitly, the recipe's own default became β 1 after this study), stage 3 {decoder_steps}
 steps for every method (pixel loss, Adam 3e-3, cosine; decoder from the slimmed collaborator with the trained output
 branch folded into its first conv, the plain slimmed collaborator for prune-only, which has no trained branch).
 Training photos: scikit-image's bundled photos and `../shared/images/content`; held out: the four

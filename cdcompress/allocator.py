@@ -8,7 +8,8 @@ teacher as much). Raising the mmap and trim thresholds lets those blocks be reus
 
 The price is fragmentation: freed blocks stay resident, which raised the peak of a tiled run
 from 1.3 to 2.2 GiB against a 1.5 GiB budget. So this is scoped: on for the untiled computation
-only (whose memory estimate has more than that margin), restored and trimmed afterwards.
+only (whose memory estimate has more than that margin) and for CPU training stages (the same shapes every
+step, so nothing fragments), restored and trimmed afterwards.
 ``CDCOMPRESS_RETAIN_HEAP=0`` turns it off.
 """
 

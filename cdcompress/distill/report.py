@@ -120,11 +120,14 @@ def plot_heldout(curves: dict[str, list[tuple[int, float]]], out: Path) -> Path 
 @torch.no_grad()
 def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher: Teacher,
                      collaborator: torch.nn.Module, student: CDModel, out: Path, device: torch.device) -> Path | None:
-    """Rows of input | teacher reconstruction | student reconstruction at ``level``."""
+    """Rows of input | teacher reconstruction | student reconstruction at ``level``, each photo's centred
+    square (at most 256²) so rows of landscape and portrait photos line up."""
     rows = []
     for _, image in images[:3]:
         x = F.interpolate(image, scale_factor=256 / min(image.shape[-2:]), mode="area") if min(image.shape[-2:]) > 256 else image
-        x = x[..., : x.shape[-2] // 16 * 16, : x.shape[-1] // 16 * 16].to(device)
+        side = min(x.shape[-2:]) // 16 * 16
+        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
+        x = x[..., top : top + side, left : left + side].to(device)
         t = collaborator(teacher.encoder(x)).clamp(0, 1)
         s = student.decoder(level)(student.encoder(level)(x)).clamp(0, 1)
         rows.append(torch.cat([x, t, s], dim=-1).cpu())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -339,8 +339,10 @@ def _lambda(stage: StageSpec, recipe: Recipe) -> float:
 
 
 def fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
+    """A stage-1 decoder mirroring a VGG teacher, with a linear RGB conv as the WCT decoders have: a final ReLU
+    can die early in training and leave a black decoder for good (measured on the offline demo at lr 3e-3)."""
     if isinstance(encoder, VGGEncoder):
-        return VGGDecoder(encoder.spec)
+        return VGGDecoder(replace(encoder.spec, output_relu=False))
     raise CDCompressError(
         "stage 1 can build a decoder only for VGG teachers; have the teacher import return (encoder, decoder)"
     )
