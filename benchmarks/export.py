@@ -8,6 +8,7 @@ then the median of ``--repeat`` runs. ``--variants`` also times ONNX Runtime ses
 
     python benchmarks/export.py                       # the table in docs/benchmarks.md
     python benchmarks/export.py --size 512 --repeat 1 # quick
+    python benchmarks/export.py --int8                # + the INT8 bundle in the same interleaved runs
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
+    parser.add_argument("--int8", action="store_true", help="also quantize the bundle (export --int8) and time it in the "
+                                                            "same interleaved runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -151,8 +154,16 @@ def main() -> None:
         export_bundle(model, bundle, load_profile("onnx-dynamic"), model_dir=model_dir, echo=lambda _: None, progress=False)
         export_seconds = time.perf_counter() - start
         content, style = load_inputs(args.size)
-        (eager_total, eager_best, eager_net, eager), (ort_total, ort_best, ort_net, exported) = measure(
-            [TorchBackend(model), OnnxBackend(bundle, threads=args.threads)], content, style, args.repeat)
+        backends = [TorchBackend(model), OnnxBackend(bundle, threads=args.threads)]
+        int8_note = ""
+        if args.int8:
+            from cdcompress.export.int8 import quantize_bundle
+
+            quantized = quantize_bundle(bundle, Path(tmp) / "int8", echo=lambda _: None)
+            backends.append(OnnxBackend(quantized.path, threads=args.threads))
+            int8_note = f"int8 levels {','.join(map(str, quantized.manifest['int8_levels']))}, the rest float32"
+        measured = measure(backends, content, style, args.repeat)
+        (eager_total, eager_best, eager_net, eager), (ort_total, ort_best, ort_net, exported) = measured[:2]
         variants = ort_variants(bundle, content, style, args.repeat) if args.variants else []
         release = [SHARED / f"reference/cd16x/s{role}{k}.pth" for role in "ed" for k in range(1, 6)]
         sizes = {
@@ -174,6 +185,14 @@ def main() -> None:
     print(f"| speed-up | {eager_total / ort_total:.2f}x | {eager_best / ort_best:.2f}x | {eager_net / ort_net:.2f}x |")
     for name, total, best, net in variants:
         print(f"| onnxruntime, {name} | {total:.2f} | {best:.2f} | {net:.2f} |")
+    if args.int8:
+        total, best, net, result = measured[2]
+        print(f"| onnxruntime CPU, INT8 bundle ({int8_note}) | {total:.2f} | {best:.2f} | {net:.2f} |")
+        print(f"| speed-up of INT8 over eager | {eager_total / total:.2f}x | {eager_best / best:.2f}x | {eager_net / net:.2f}x |")
+        print(f"| speed-up of INT8 over the fp32 bundle | {ort_total / total:.2f}x | {ort_best / best:.2f}x | "
+              f"{ort_net / net:.2f}x |")
+        print(f"\nmax |eager - INT8 bundle| on the [0, 1] result: {float((eager - result).abs().max()):.2e}, "
+              f"RMS {float((eager - result).pow(2).mean().sqrt()):.2e}")
     print(f"\nmax |eager - onnxruntime| on the [0, 1] result: {diff:.2e}\n")
     print("| artefact | bytes |\n|---|---|")
     for name, size in sizes.items():

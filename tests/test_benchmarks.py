@@ -59,7 +59,8 @@ def test_ultrares(tmp_path: Path) -> None:
 
 @NEEDS_SHARED
 def test_export(tmp_path: Path) -> None:
-    run_benchmark("export.py", "--size", "96", "--repeat", "1", "--threads", "2", cwd=tmp_path)
+    out = run_benchmark("export.py", "--size", "96", "--repeat", "1", "--threads", "2", "--int8", cwd=tmp_path)
+    assert "INT8 bundle (int8 levels" in out and "speed-up of INT8 over the fp32 bundle" in out
 
 
 def test_distill_throughput() -> None:
