@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from cdcompress.distill.run import eval_images, run_recipe
-from cdcompress.evaluate import image_files, load_scaled, mean_style, style_evaluation
+from cdcompress.evaluate import image_files, load_scaled, mean_style, reconstruct, style_evaluation
+from cdcompress.images import center_square
 from cdcompress.metrics import psnr, ssim
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.converters import convert_wct_pytorch
@@ -80,9 +81,8 @@ def run_one(run_dir: Path, sets: list[str]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- measurement (one ruler for every model)
-@torch.no_grad()
 def reconstruction(model: CDModel, level: int, images: list[torch.Tensor]) -> dict[str, float]:
-    outputs = [model.decoder(level)(model.encoder(level)(x)).clamp(0, 1) for x in images]
+    outputs = [reconstruct(model, level, x) for x in images]
     return {"psnr": statistics.fmean(psnr(y, x) for y, x in zip(outputs, images, strict=True)),
             "ssim": statistics.fmean(ssim(y, x) for y, x in zip(outputs, images, strict=True))}
 
@@ -106,11 +106,7 @@ def measure(model: CDModel, level: int, images: list[torch.Tensor], photos: list
 # ---------------------------------------------------------------- figures
 def square(path: Path, side: int) -> torch.Tensor:
     """The photo's centred square, ``side``² (grid cells line up whatever the photos' orientations)."""
-    image = load_scaled(path, None)
-    h, w = image.shape[-2:]
-    n = min(h, w)
-    top, left = (h - n) // 2, (w - n) // 2
-    crop = image[..., top : top + n, left : left + n]
+    crop = center_square(load_scaled(path, None))
     return torch.nn.functional.interpolate(crop, size=(side, side), mode="bilinear", antialias=True).clamp(0, 1)
 
 

@@ -112,6 +112,15 @@ def crop_to_multiple(image: torch.Tensor, multiple: int, source: str | Path = "i
     return image[..., :h2, :w2]
 
 
+def center_square(image: torch.Tensor, side: int | None = None) -> torch.Tensor:
+    """The centred ``side``² crop (default: the largest square), so photos of any orientation line up in grids
+    and batch into equal shapes."""
+    h, w = image.shape[-2:]
+    side = min(h, w) if side is None else side
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[..., top : top + side, left : left + side]
+
+
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
     """Write a ``[1, 3, H, W]`` or ``[3, H, W]`` tensor (clamped to [0, 1]) as an 8-bit image."""
     path = Path(path)

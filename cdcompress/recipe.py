@@ -413,14 +413,12 @@ def check_paths(recipe: Recipe, source: str) -> None:
     if teacher.source in _WHERE_TO_GET and not Path(teacher.path).exists():
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} does not exist; {_WHERE_TO_GET[teacher.source]}")
     if teacher.source == "wct-vgg19":
-        from .weights import WCT_HINT, locate_wct
+        from .weights import require_wct
 
         try:
-            found = locate_wct(teacher.path)
+            require_wct(teacher.path)
         except CDCompressError as exc:
             raise RecipeError(f"recipe {source}: {exc}") from None
-        if found is None:
-            raise RecipeError(f"recipe {source}: no WCT VGG-19 teacher found (teacher.path: auto); {WCT_HINT}")
     if teacher.source == "builtin" and not is_builtin(teacher.path):
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")
     if teacher.source == "import" and ":" not in teacher.path:

@@ -101,6 +101,14 @@ def locate_wct(path: str | Path | None = None) -> Path | None:
     return cached if (cached / "model.json").is_file() else None
 
 
+def require_wct(path: str | Path | None = None) -> Path:
+    """:func:`locate_wct`, or a one-line error saying how to get the teacher."""
+    where = locate_wct(path)
+    if where is None:
+        raise CDCompressError(f"no WCT VGG-19 teacher found; {WCT_HINT}")
+    return where
+
+
 def wct_files(levels: tuple[int, ...], base_url: str = WCT_BASE_URL) -> list[PublishedWeights]:
     """The encoder and decoder file of each level, with the checksum that identifies it."""
     files = []

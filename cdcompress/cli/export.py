@@ -59,9 +59,9 @@ def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, leve
     loaded, model_dir = resolve_model(model)
     name = str(loaded.meta.get("name") or Path(model).name)
     out = out or Path("out") / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}-bundle"
-    if out.exists() and not force:
-        raise CDCompressError(f"{out} already exists; choose another --out or pass --force to replace it")
     if int8:
+        if out.exists() and not force:  # fail before the float32 export, not after it
+            raise CDCompressError(f"{out} already exists; choose another --out or pass --force to replace it")
         _export_int8(loaded, model, model_dir, out, profile, levels, calibration, held_out, force, quiet)
         return
     result = export_bundle(loaded, out, profile, parse_levels(levels) if levels else None, model_ref=model,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import write_json
-from ..images import save_image
+from ..images import center_square, save_image
 from ..metrics import psnr, ssim
 from ..models.format import CDModel
 
@@ -125,9 +125,7 @@ def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher
     rows = []
     for _, image in images[:3]:
         x = F.interpolate(image, scale_factor=256 / min(image.shape[-2:]), mode="area") if min(image.shape[-2:]) > 256 else image
-        side = min(x.shape[-2:]) // 16 * 16
-        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-        x = x[..., top : top + side, left : left + side].to(device)
+        x = center_square(x, min(x.shape[-2:]) // 16 * 16).to(device)
         t = collaborator(teacher.encoder(x)).clamp(0, 1)
         s = student.decoder(level)(student.encoder(level)(x)).clamp(0, 1)
         rows.append(torch.cat([x, t, s], dim=-1).cpu())

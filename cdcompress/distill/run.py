@@ -315,11 +315,9 @@ class RecipeRun:
 
 
 def _located_wct_levels(path: str) -> list[int]:
-    from ..weights import WCT_HINT, locate_wct
+    from ..weights import require_wct
 
-    where = locate_wct(path)
-    if where is None:
-        raise CDCompressError(f"no WCT VGG-19 teacher found; {WCT_HINT}")
+    where = require_wct(path)
     return spec_levels(where) if (where / "model.json").is_file() else wct_levels(where)
 
 

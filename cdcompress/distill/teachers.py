@@ -8,7 +8,7 @@ a recipe names it in ``teacher.source`` and its other fields (``path``, ``varian
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +77,12 @@ def wct_pytorch(path: str, level: int) -> Teacher:
 @TEACHER_SOURCES.register("wct-vgg19")
 def wct_vgg19(path: str, level: int) -> Teacher:
     """The paper's teacher wherever it is: ``path``, or with ``auto`` ``$CDCOMPRESS_WCT_VGG19`` or the weights cache."""
-    from ..weights import WCT_HINT, locate_wct
+    from ..weights import require_wct
 
-    where = locate_wct(path)
-    if where is None:
-        raise CDCompressError(f"no WCT VGG-19 teacher found; {WCT_HINT}")
+    where = require_wct(path)
     if (where / "model.json").is_file():
-        return Teacher(*_model_level(where, level), f"WCT VGG-19 teacher in {where}")
+        return replace(model_directory(str(where), level), note=f"WCT VGG-19 teacher in {where}")
     return wct_pytorch(str(where), level)
-
-
-def _model_level(path: Path, level: int) -> tuple[nn.Module, nn.Module | None]:
-    model = load(path)
-    return model.encoder(level), model.decoders.get(level)
 
 
 @TEACHER_SOURCES.register("torchvision")

@@ -83,7 +83,8 @@ class TrainConfig:
 
 
 class Task(Protocol):
-    """What a stage trains and how it is judged."""
+    """What a stage trains and how it is judged. A task may also define ``predict(images)``, its current
+    output for an input, which the held-out learning curve (``eval_every``) compares with the target."""
 
     name: str
 
@@ -94,12 +95,6 @@ class Task(Protocol):
     def samples(self, batch: Batch) -> list[torch.Tensor]: ...
 
     def set_train(self, mode: bool) -> None: ...
-
-
-class Predicts(Protocol):
-    """A task that can show its current output for an input: what the held-out learning curve judges."""
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass

@@ -81,14 +81,10 @@ def load_photo(path: Path, side: int = CALIBRATION_SIDE, square: bool = False) -
     """``[1, 3, H, W]`` float32 in [0, 1], shorter side ``side``, cropped to a multiple of 16 (or to its centred
     ``side``² square: histogram calibration needs equally shaped samples)."""
     from ..data import resize_shorter
-    from ..images import crop_to_multiple, load_image
+    from ..images import center_square, crop_to_multiple, load_image
 
     image = crop_to_multiple(resize_shorter(load_image(path), side), 16, path)
-    if square:
-        h, w = image.shape[-2:]
-        top, left = (h - side) // 2, (w - side) // 2
-        image = image[..., top : top + side, left : left + side]
-    return image.contiguous().numpy()
+    return (center_square(image, side) if square else image).contiguous().numpy()
 
 
 class _Samples:
