@@ -100,6 +100,14 @@ def test_gpu_benchmark_says_it_needs_a_gpu() -> None:
     assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_gpu_benchmark_table_on_cpu() -> None:
+    """The GPU script's own logic (sizes, precisions, ratios, target line) on the CPU, so it cannot rot between
+    the rare GPU sessions."""
+    out = run_benchmark("gpu_stylize.py", "--device", "cpu", "--sizes", "64,96x64", "--precisions", "fp32,bf16",
+                        "--repeats", "1", "--student", "vgg19-x0.25")
+    assert "| 96x64, ms | bf16 |" in out and "| 64², ms | fp32 |" in out and "peak GPU memory" not in out
+
+
 def test_train_allocator() -> None:
     out = run_benchmark("train_allocator.py", "--steps", "2", "--repeats", "1", "--crop", "48", "--level", "1")
     assert "| retained heap |" in out and "speed-up from the retained heap" in out

@@ -111,3 +111,48 @@ def test_cuda_stylize_cli(released_model_dir: Path, images_dir: Path, tmp_path: 
     assert cpu.exit_code == 0, cpu.output
     a, b = load_image(out), load_image(tmp_path / "cpu.png")
     assert a.shape == b.shape and (a - b).abs().mean() < 2e-3  # 8-bit PNGs of the same result
+
+
+class _DeviceLog:
+    """Forwards to a backend and records the device of every tensor handed to it and back."""
+
+    def __init__(self, inner: TorchBackend) -> None:
+        self.inner, self.devices = inner, []
+        self.device = inner.device
+
+    @property
+    def levels(self) -> list[int]:
+        return self.inner.levels
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def encode(self, level: int, image: torch.Tensor) -> torch.Tensor:
+        out = self.inner.encode(level, image)
+        self.devices += [image.device.type, out.device.type]
+        return out
+
+    def decode(self, level: int, features: torch.Tensor) -> torch.Tensor:
+        out = self.inner.decode(level, features)
+        self.devices += [features.device.type, out.device.type]
+        return out
+
+
+def test_cuda_cascade_stays_on_the_device(released_model_dir: Path, content: torch.Tensor, style: torch.Tensor) -> None:
+    """Device-resident WCT: every feature map and intermediate image of the untiled cascade lives on the GPU,
+    and the result equals the CPU computation (TF32 off; cuDNN's algorithms still round differently)."""
+    logged = _DeviceLog(_gpu_model(released_model_dir))
+    gpu = stylize(logged, content, style, tile=0)
+    assert set(logged.devices) == {"cuda"}, logged.devices
+    cpu = stylize(TorchBackend(load(released_model_dir)), content, style, tile=0)
+    diff = (gpu - cpu).abs()
+    assert gpu.device.type == "cpu" and diff.max() < 1e-2 and diff.mean() < 1e-3, (diff.max().item(), diff.mean().item())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_half_precision_stays_close(released_model_dir: Path, content: torch.Tensor, style: torch.Tensor,
+                                         precision: str) -> None:
+    full = stylize(_gpu_model(released_model_dir), content, style, tile=0)
+    half = stylize(TorchBackend(load(released_model_dir), device="cuda", precision=precision), content, style, tile=0)
+    rms = (half - full).pow(2).mean().sqrt().item()
+    assert rms < 0.03, rms

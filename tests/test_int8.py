@@ -23,7 +23,7 @@ def int8_bundle(released_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     out = tmp_path_factory.mktemp("int8") / "bundle"
     result = CliRunner().invoke(main, ["export", str(released_model_dir), "--int8", "--levels", "1,5", "--quiet",
                                        "--out", str(out)])
-    return out, result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output}"
+    return out, result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output} {result.exception!r}"
 
 
 def test_int8_bundle_passes_its_gate_and_stylizes(int8_bundle: tuple[Path, str], content: torch.Tensor,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -73,6 +75,28 @@ def test_wct_alpha_blends_and_whitens() -> None:
     assert torch.equal(AffineMap.identity(3).apply(c), c)
 
 
+def test_statistics_and_map_work_in_either_layout_and_keep_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exported graphs hand back NCHW maps and PyTorch channels-last ones: both must give the same numbers
+    without a layout copy, also across several float64 chunks."""
+    monkeypatch.setattr(importlib.import_module("cdcompress.stylize.wct"), "_CHUNK_BYTES", 8 * 6 * 500)  # 500 pixels per chunk
+    torch.manual_seed(0)
+    nchw = torch.randn(1, 6, 37, 41) * 4 + 7
+    nhwc = nchw.contiguous(memory_format=torch.channels_last)
+    by_columns, by_rows = FeatureStats.of(nchw), FeatureStats.of(nhwc)
+    assert by_columns.count == by_rows.count == 37 * 41
+    torch.testing.assert_close(by_columns.covariance(), by_rows.covariance(), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(by_columns.mean(), by_rows.mean(), rtol=1e-12, atol=1e-12)
+    reference = torch.from_numpy(nchw.reshape(6, -1).double().numpy())
+    torch.testing.assert_close(by_columns.covariance(), torch.cov(reference), rtol=1e-9, atol=1e-9)
+
+    mapping = wct_map(by_columns, FeatureStats.of(torch.randn(1, 6, 20, 20) * 2 - 1))
+    mapped_nchw, mapped_nhwc = mapping.apply(nchw), mapping.apply(nhwc)
+    assert mapped_nchw.is_contiguous() and mapped_nhwc.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.einsum("ij,njhw->nihw", mapping.matrix, nchw.double()) + mapping.bias[None, :, None, None]
+    torch.testing.assert_close(mapped_nchw.double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(mapped_nhwc, mapped_nchw, rtol=1e-5, atol=1e-5)
+
+
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -127,3 +151,12 @@ def test_streamed_png_round_trips(tmp_path: Path) -> None:
     data[10:20] = 7  # flat rows exercise the up/left predictors
     write_png(tmp_path / "o.png", 45, 31, (data[i : i + 8] for i in range(0, 45, 8)))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), data)
+
+
+def test_statistics_work_inside_and_outside_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reused float64 chunk buffer must not become an inference tensor that a later plain call cannot write."""
+    monkeypatch.setattr(importlib.import_module("cdcompress.stylize.wct"), "_SCRATCH", threading.local())
+    features = torch.rand(1, 3, 9, 9)
+    with torch.inference_mode():
+        inside = FeatureStats.of(features).covariance()
+    torch.testing.assert_close(FeatureStats.of(features).covariance(), inside)

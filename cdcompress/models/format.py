@@ -114,9 +114,10 @@ class CDModel:
     def modules(self) -> list[nn.Module]:
         return [*self.encoders.values(), *self.decoders.values(), *self.branches.values(), *self._cuts.values()]
 
-    def to(self, device: torch.device | str) -> CDModel:
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> CDModel:
+        """Move (and optionally cast) every module in place, like ``nn.Module.to``."""
         for module in self.modules():
-            module.to(device)
+            module.to(device, dtype)
         return self
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:

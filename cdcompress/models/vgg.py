@@ -263,7 +263,8 @@ class VGGEncoder(_VGGBase):
         shallow = VGGEncoder(self.spec.truncated(level))
         own = self.state_dict()
         shallow.load_state_dict({k: own[k] for k in shallow.state_dict()})
-        return shallow.to(next(self.parameters()).device)
+        reference = next(self.parameters())
+        return shallow.to(reference.device, reference.dtype)
 
 
 class VGGDecoder(_VGGBase):

@@ -7,18 +7,24 @@ Keeping that behind a small protocol lets the same WCT/AdaIN/tiling code drive a
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..device import resolve_device
+from ..errors import CDCompressError
 from ..models.format import CDModel
 from ..models.vgg import fused_inference
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Per-level encoder/decoder pairs on [0, 1] RGB NCHW float32 tensors (CPU tensors in and out)."""
+    """Per-level encoder/decoder pairs on [0, 1] RGB NCHW float32 tensors.
+
+    Outputs are CPU tensors unless the backend has a ``device`` attribute naming where they stay
+    (a GPU :class:`TorchBackend`); the stylization pipeline then keeps the whole cascade there.
+    """
 
     @property
     def levels(self) -> list[int]: ...
@@ -26,6 +32,10 @@ class Backend(Protocol):
     def encode(self, level: int, image: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, level: int, features: torch.Tensor) -> torch.Tensor: ...
+
+
+#: Inference precisions: the networks' dtype (statistics and WCT maps stay float32/float64).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchBackend:
@@ -37,11 +47,21 @@ class TorchBackend:
     (convolutions propagate the layout; the model's own weights are left as they are). Results
     keep that layout (logical NCHW shape either way); the WCT map and the canvases read any strides.
     Forwards run under :func:`~cdcompress.models.vgg.fused_inference` (same numbers, no padded copies).
+
+    Results stay on ``device``: on a GPU the statistics, WCT maps and the cascade run there too and
+    only the finished image comes back. ``precision`` ``fp16``/``bf16`` runs the networks in half
+    precision (the model is converted once); results are handed back as float32.
     """
 
-    def __init__(self, model: CDModel, device: str | torch.device = "cpu", channels_last: bool = True) -> None:
+    def __init__(self, model: CDModel, device: str | torch.device = "cpu", channels_last: bool = True,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise CDCompressError(f"precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.dtype = PRECISIONS[precision]
+        if self.dtype != torch.float32:
+            model = copy.deepcopy(model)  # the caller's float32 model stays as it was
+        self.model = model.to(self.device, self.dtype).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @property
@@ -49,10 +69,10 @@ class TorchBackend:
         return self.model.levels
 
     def _run(self, module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-        inputs = tensor.to(self.device)
+        inputs = tensor.to(self.device, self.dtype)
         inputs = _nhwc(inputs) if self.memory_format == torch.channels_last else inputs.contiguous()
         with fused_inference():
-            return module(inputs).cpu()
+            return module(inputs).float()
 
     @torch.inference_mode()
     def encode(self, level: int, image: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,8 @@ def to_nchw(window: np.ndarray) -> torch.Tensor:
 
 
 def to_hwc(tensor: torch.Tensor) -> np.ndarray:
-    return tensor[0].permute(1, 2, 0).numpy()
+    """HWC host array of a ``[1, C, h, w]`` tensor on any device."""
+    return tensor[0].permute(1, 2, 0).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- input

@@ -194,11 +194,16 @@ def _level_untiled(job: StylizeJob, level: int, image: torch.Tensor, style_stats
 
 
 def stylize_untiled(job: StylizeJob, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """The reference computation on whole tensors (unclamped result)."""
-    image = content
+    """The reference computation on whole tensors (unclamped result, on the host).
+
+    The cascade runs where the backend's outputs live: on a GPU backend the images, features,
+    statistics and maps stay on the device and only the result comes back.
+    """
+    device = getattr(job.backend, "device", torch.device("cpu"))
+    image, style = content.to(device), style.to(device)
     for level in job.levels:
         image = _level_untiled(job, level, image, _style_stats_untiled(job, level, style))
-    return image
+    return image.cpu()
 
 
 # ----------------------------------------------------------------------------- tiled
@@ -247,7 +252,7 @@ def _write_core(target: Canvas, tile: Tile, decoded: torch.Tensor) -> None:
     (r0, r1), (c0, c1) = tile.rows.core, tile.cols.core
     keep_r, keep_c = min(r1, height) - r0, min(c1, width) - c0  # drop the stride padding
     core = decoded[0, :, rows, cols][:, :keep_r, :keep_c]
-    target.write(r0, c0, core.permute(1, 2, 0).numpy())
+    target.write(r0, c0, core.permute(1, 2, 0).cpu().numpy())
 
 
 def _level_tiled(job: StylizeJob, level: int, source: Canvas, target: Canvas, style_stats: FeatureStats,
