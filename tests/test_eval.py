@@ -162,6 +162,24 @@ def test_interleaved_pairs() -> None:
         measure_pairs("vgg19-x0.25", "no-such-model", 64, [1], rounds=1)
 
 
+def test_runtimes_compared_in_one_interleaved_run(tmp_path: Path) -> None:
+    """Teacher and student stylize on each runtime (eager, exported bundle, its INT8 copy, bf16): every cell a real
+    median, the bundle's export and the INT8 gate really ran, and the JSON carries the same numbers."""
+    code, out = run("eval", "cost", "vgg19-x0.25", "--teacher", "vgg19-x0.5", "--levels", "2,1", "--time-size", "64",
+                    "--threads", "1", "--runtimes", "eager,bundle,int8,bf16", "--json", tmp_path / "runtimes.json")
+    assert code == 0, out
+    data = json.loads((tmp_path / "runtimes.json").read_text())
+    assert [r["runtime"] for r in data["rows"]] == ["eager", "bundle", "int8", "bf16"]
+    for row in data["rows"]:
+        assert row["seconds"]["teacher"] > 0 and row["seconds"]["student"] > 0, row
+        t, s = row["seconds"]["teacher"], row["seconds"]["student"]
+        assert f"**{t / s:.2f}x**" in out
+    assert "int8 levels" in data["rows"][2]["note"] and "fastest teacher / fastest student" in out
+    assert_one_line_error(*run("eval", "cost", "vgg19-x0.25", "--runtimes", "eager,tpu"), "unknown ['tpu']")
+    if not torch.cuda.is_available():
+        assert_one_line_error(*run("eval", "cost", "vgg19-x0.25", "--runtimes", "cuda"), "need a CUDA GPU")
+
+
 def test_eval_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert_one_line_error(*run("eval", "style", "vgg19-x0.25", "--content", tmp_path / "nope", "--style", tmp_path,

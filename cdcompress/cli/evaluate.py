@@ -99,13 +99,19 @@ def style(model: str, content_dir: Path, style_dir: Path, eval_encoder: str, met
 @click.option("--teacher", help="Any-pair models: the teacher model directory to compare with "
                                 "[default: the teacher architecture, rebuilt with random weights].")
 @click.option("--no-onnx", is_flag=True, help="Any-pair models: time PyTorch only (no onnxruntime).")
+@click.option("--runtimes", default=None,
+              help="Instead of the cost report: time teacher (--teacher, default vgg19) and MODEL stylizing at "
+                   "--time-size on each of these runtimes, interleaved in one run: eager, bundle, int8, bf16, cuda, "
+                   "cuda-fp16 (e.g. eager,bundle,int8).")
 @_json_option
 def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads: int, max_memory: str,
-         probe_sizes: str, verify: bool, repeats: int, teacher: str | None, no_onnx: bool, json_path: Path | None) -> None:
+         probe_sizes: str, verify: bool, repeats: int, teacher: str | None, no_onnx: bool, runtimes: str | None,
+         json_path: Path | None) -> None:
     """Parameters, bytes, MACs, wall time, peak memory and the largest square within --max-memory.
 
     For an any-pair (module-family) model: teacher vs student parameters, MACs at --time-size and measured
-    latency on PyTorch and onnxruntime in one interleaved run (median of --repeats rounds)."""
+    latency on PyTorch and onnxruntime in one interleaved run (median of --repeats rounds).
+    With --runtimes: teacher vs student stylization time on each deployment runtime, in one interleaved run."""
     from ..cost import cost_report, format_cost_table
     from ..errors import CDCompressError
     from ..stylize.tiling import parse_memory
@@ -121,6 +127,18 @@ def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads:
         _write_json(json_path, {"size": [side, side], "threads": threads, "rows": [r.as_dict() for r in rows]})
         return
 
+    if runtimes is not None:
+        from ..runtime_cost import compare_runtimes, format_runtime_table, parse_runtimes
+
+        chosen, level_list = parse_runtimes(runtimes), list(parse_levels(levels))
+        side = time_size or 1024
+        models = {"teacher": resolve_model(teacher or "vgg19")[0], "student": loaded}
+        rows = compare_runtimes(models, level_list, side, runtimes=chosen, repeats=max(repeats, 3), threads=threads,
+                                progress=lambda line: click.echo(line, err=True))
+        click.echo(format_runtime_table(rows, side, level_list))
+        _write_json(json_path, {"size": side, "levels": level_list, "threads": threads,
+                                "rows": [r.as_dict() for r in rows]})
+        return
     try:
         probes = tuple(int(p) for p in probe_sizes.split(",") if p.strip())
     except ValueError:
