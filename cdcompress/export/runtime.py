@@ -38,10 +38,28 @@ def choose_providers(fixed_shape: bool, requested: Sequence[str] | None = None) 
     return [p for p in preferred if p in available]
 
 
+_SHARED_ARENA: list[bool] = []  # set once the process-wide CPU arena is registered
+
+
+def _share_cpu_arena(ort: Any, options: Any) -> None:
+    """Make the session allocate from one process-wide CPU arena instead of an arena of its own.
+
+    Each session's own arena keeps its peak for the life of the session, and a bundle holds one
+    session per graph, so a five-level cascade kept ten peaks: 5.1 GiB of RSS for the 16x students
+    at 1024², against 1.6 GiB with the arena shared, at the same speed (measured 2026-12-01).
+    """
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # default arena settings
+        _SHARED_ARENA.append(True)
+    options.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def make_session(path: str | Path, providers: Sequence[str] = (CPU,), threads: int | None = None) -> Any:
     """An inference session with full graph optimisation (the same settings verification uses)."""
     ort = _onnxruntime()
     options = ort.SessionOptions()
+    _share_cpu_arena(ort, options)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: shape-inference chatter is not actionable for users
     # Stylization alternates graph runs with PyTorch statistics/WCT maths on the same cores. ONNX Runtime's
