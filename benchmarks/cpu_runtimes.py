@@ -140,8 +140,9 @@ def main() -> None:
         try:
             import openvino
 
-            backends[f"OpenVINO {openvino.__version__}, fp32, dynamic shapes"] = OpenVinoBackend(bundle, args.threads, False)
-            backends[f"OpenVINO {openvino.__version__}, fp32, static shapes"] = OpenVinoBackend(bundle, args.threads, True)
+            version = openvino.__version__.split("-")[0]
+            backends[f"OpenVINO {version}, fp32, dynamic shapes"] = OpenVinoBackend(bundle, args.threads, False)
+            backends[f"OpenVINO {version}, fp32, static shapes"] = OpenVinoBackend(bundle, args.threads, True)
         except ImportError:
             print("(openvino not installed: `pip install openvino` adds its rows)", file=sys.stderr)
         backends["PyTorch eager, bf16 networks (TorchBackend precision='bf16')"] = TorchBackend(load(model_dir),

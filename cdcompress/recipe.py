@@ -170,6 +170,14 @@ class StageSpec(_Strict):
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     lambda_p: float | None = Field(None, ge=0)
+    accumulate: int = Field(1, ge=1)
+    sync_batchnorm: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("sync_batchnorm", mode="before")
+    @classmethod
+    def _sync_batchnorm_switch(cls, value: Any) -> Any:
+        """``true``/``false`` in YAML are the switch's on/off."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -108,6 +108,17 @@ def test_gpu_benchmark_table_on_cpu() -> None:
     assert "| 96x64, ms | bf16 |" in out and "| 64², ms | fp32 |" in out and "peak GPU memory" not in out
 
 
+def test_ddp_throughput() -> None:
+    out = run_benchmark("ddp_throughput.py", "--steps", "2", "--batch", "4", "--crop", "32", "--level", "2")
+    assert "| 2 | 1 | no communication (no-op hook) |" in out and "| 1 | 2 | with communication |" in out
+
+
+@NEEDS_SHARED
+def test_cpu_runtimes() -> None:
+    out = run_benchmark("cpu_runtimes.py", "--size", "128", "--repeat", "1")
+    assert "| onnxruntime, fp32 bundle (OnnxBackend) |" in out and "GFLOP/s" in out
+
+
 def test_train_allocator() -> None:
     out = run_benchmark("train_allocator.py", "--steps", "2", "--repeats", "1", "--crop", "48", "--level", "1")
     assert "| retained heap |" in out and "speed-up from the retained heap" in out

@@ -84,6 +84,7 @@ def stage_config(recipe: Recipe, stage: StageSpec, n_images: int) -> TrainConfig
         schedule=stage.schedule, warmup_steps=stage.warmup_steps, grad_clip=stage.grad_clip, amp=stage.amp,
         channels_last=stage.channels_last, checkpoint_every=out.checkpoint_every, log_every=out.log_every,
         sample_every=out.sample_every, eval_every=out.eval_every, workers=recipe.data.workers, device=recipe.device,
+        accumulate=stage.accumulate, sync_batchnorm=stage.sync_batchnorm,
     )
 
 
@@ -95,7 +96,7 @@ class RecipeRun:
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False) -> None:
         self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
-        with distributed.main_first():  # rank 0 writes the bundled photos once; the others then read them
+        with distributed.node_main_first():  # one process per node writes the bundled photos; the others read them
             self.train_paths = data_paths(recipe.data.train, run_dir)
             self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
         self.stage_seconds: dict[str, float] = {}
@@ -351,12 +352,24 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool =
     resolve_device(recipe.device)  # a missing GPU fails here, in one line, before any model loads
     distributed.init_from_env(recipe.device)
     run_dir = Path(out_dir or recipe.output.dir.format(name=recipe.name))
-    if (run_dir / "config.yaml").exists() and not resume:
-        raise CDCompressError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not (run_dir / "config.yaml").exists():
-        raise CDCompressError(f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run")
-    distributed.barrier()  # every process has checked before rank 0 writes config.yaml
+    # Rank 0's run directory decides for every process (other nodes may not share its file system), and a
+    # worker group that torchrun restarted after a failure continues from the checkpoints.
+    resume, problem = distributed.from_main(_resume_decision(run_dir, resume) if distributed.is_main() else None)
+    if problem:
+        raise CDCompressError(problem)
     return RecipeRun(recipe, run_dir, resume).execute()
+
+
+def _resume_decision(run_dir: Path, resume: bool) -> tuple[bool, str]:
+    """(resume?, error message or "") for a run into ``run_dir``."""
+    exists = (run_dir / "config.yaml").exists()
+    if distributed.restarted() and exists:
+        return True, ""
+    if exists and not resume:
+        return resume, f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+    if resume and not exists:
+        return resume, f"{run_dir}: nothing to resume (no config.yaml); drop --resume to start a new run"
+    return resume, ""
 
 
 def eval_images(recipe: Recipe, scratch: Path) -> list[tuple[str, torch.Tensor]]:

@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("off", "bf16", "fp16")
+SYNC_BATCHNORM = ("auto", "on", "off")
 
 
 class TrainingError(CDCompressError):
@@ -65,6 +67,8 @@ class TrainConfig:
     workers: int = 0
     device: str = "cpu"
     channels_last: bool = False
+    accumulate: int = 1  # micro-batches per optimiser step: the global batch at a fraction of the memory
+    sync_batchnorm: str = "auto"  # auto: synchronise BatchNorm over processes when there are several
 
     def __post_init__(self) -> None:
         checks = [
@@ -76,6 +80,9 @@ class TrainConfig:
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
+            (self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}"),
+            (self.sync_batchnorm in SYNC_BATCHNORM, f"sync_batchnorm must be one of {SYNC_BATCHNORM}, "
+                                                    f"got {self.sync_batchnorm!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -167,6 +174,7 @@ class Trainer:
         self.optimizer = opt_cls(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
+        self._parallel: nn.Module | None = None  # the DDP-wrapped loss computation while a distributed fit runs
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -197,21 +205,36 @@ class Trainer:
         return path
 
     def load_latest_checkpoint(self) -> int:
-        """Restore the newest readable checkpoint of this stage; returns its step (0 if none)."""
+        """Restore the newest readable checkpoint of this stage; returns its step (0 if none).
+
+        Rank 0 reads it (only rank 0 writes checkpoints) and every other process receives it, so a
+        resumed multi-node job needs no shared file system for them."""
+        state = self._read_latest_checkpoint() if distributed.is_main() else None
+        state = distributed.from_main(state)
+        if state is None:
+            return 0
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def _read_latest_checkpoint(self) -> dict | None:
+        """The newest checkpoint that loads into this stage's modules; falls back past corrupt ones."""
         for path in reversed(self._checkpoints()):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-                for name, module in self.modules.items():
-                    module.load_state_dict(state["modules"][name])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
-                self.scaler.load_state_dict(state["scaler"])
-                _set_rng_state(state["rng"])
+                for name, module in self.modules.items():  # a dry run on copies: catches foreign or truncated files
+                    _check_state(module, state["modules"][name])
+                for key in ("optimizer", "scheduler", "scaler", "rng", "step"):
+                    state[key]  # noqa: B018 (presence check)
             except Exception as exc:  # corrupt/truncated: fall back to the previous good one
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, str(exc).splitlines()[0])
                 continue
-            return int(state["step"])
-        return 0
+            return state
+        return None
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
@@ -220,11 +243,23 @@ class Trainer:
         On CPU the loop runs inside :func:`~cdcompress.allocator.retained_heap`: every step frees and
         reallocates the same large activations, and glibc would otherwise unmap and re-fault them each
         time (half the CPU time in the kernel, measured; docs/benchmarks.md). Steady-state shapes make the
-        retained heap's fragmentation cost nil; it is trimmed when the stage ends."""
-        if self.device.type != "cpu":
+        retained heap's fragmentation cost nil; it is trimmed when the stage ends.
+
+        Under torchrun the trained modules run under DistributedDataParallel, with BatchNorm synchronised
+        over processes (``sync_batchnorm``), for this stage only."""
+        with ExitStack() as stack:
+            if self.device.type == "cpu":
+                stack.enter_context(retained_heap())
+            if distributed.world_size() > 1:
+                if self._sync_batchnorm():
+                    stack.enter_context(distributed.synced_batchnorm(self.modules.values(), self.device))
+                self._parallel = distributed.data_parallel(self.task.losses, self.modules, self.device)
+                stack.callback(setattr, self, "_parallel", None)
             return self._fit(resume)
-        with retained_heap():
-            return self._fit(resume)
+
+    def _sync_batchnorm(self) -> bool:
+        mode = self.config.sync_batchnorm
+        return mode == "on" or (mode == "auto" and distributed.has_batchnorm(self.modules.values()))
 
     def _fit(self, resume: bool) -> TrainResult:
         start = self.load_latest_checkpoint() if resume else 0
@@ -264,12 +299,43 @@ class Trainer:
         return TrainResult(self.task.name, self.config.steps, time.perf_counter() - began, history, start, curve)
 
     def _step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimiser step over this process's share of the global batch, in ``accumulate`` micro-batches."""
         if self.config.channels_last and self.device.type == "cuda":
             batch = _channels_last(batch)
+        parts = self._micro_batches(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        logged: dict[str, float] = {}
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            with self._parallel.no_sync() if self._parallel is not None and not last else nullcontext():
+                terms = self._losses(part, step)
+                self.scaler.scale(terms["total"] / len(parts)).backward()
+            for key, value in detach_terms(terms).items():
+                logged[key] = logged.get(key, 0.0) + value / len(parts)
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return distributed.mean_over_processes(logged)
+
+    def _micro_batches(self, batch: Batch) -> list[Batch]:
+        count = self.config.accumulate
+        if count == 1:
+            return [batch]
+        size = len(batch.input)
+        if size % count:
+            raise TrainingError(f"stage {self.task.name}: {size} samples per process do not split into accumulate: "
+                                f"{count} micro-batches; make the batch a multiple of processes x accumulate")
+        per = size // count
+        return [batch[i * per : (i + 1) * per] for i in range(count)]
+
+    def _losses(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         amp = self.config.amp != "off" and self.device.type == "cuda"
         dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=amp):
-            terms = self.task.losses(batch)
+            terms = self._parallel(batch) if self._parallel is not None else self.task.losses(batch)
         loss = terms["total"]
         if not torch.isfinite(loss):
             good = self._checkpoints()
@@ -278,16 +344,7 @@ class Trainer:
                 f"stage {self.task.name}: loss became {loss.item()} at step {step + 1}; lower the learning rate "
                 f"or loss weights{where}"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        distributed.average_gradients(self._params)
-        if self.config.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return distributed.mean_over_processes(detach_terms(terms))
+        return terms
 
     # ------------------------------------------------------------------ outputs
     def _evaluate(self, step: int, curve: list[dict]) -> None:
@@ -331,6 +388,17 @@ class Trainer:
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and not _is_later(json.loads(line), self.task.name, start)]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def _check_state(module: nn.Module, state: dict) -> None:
+    """Raise if ``state`` does not load into ``module`` (strictly), without touching the module."""
+    own = module.state_dict()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise KeyError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(f"{key}: shape {tuple(state[key].shape)} instead of {tuple(value.shape)}")
 
 
 def _channels_last(batch: Batch) -> Batch:
