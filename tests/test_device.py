@@ -54,4 +54,7 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:
 def test_device_flag_is_for_models_not_bundles(tmp_path: Path) -> None:
     line = _one_line_exit_2(["stylize", "--bundle", str(tmp_path), "--content", "c.png", "--style", "s.png",
                              "--device", "cuda"])
-    assert "--device applies to --model" in line
+    assert "--device and --precision apply to --model" in line
+    line = _one_line_exit_2(["stylize", "--bundle", str(tmp_path), "--content", "c.png", "--style", "s.png",
+                             "--precision", "bf16"])
+    assert "--device and --precision apply to --model" in line
