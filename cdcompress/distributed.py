@@ -33,7 +33,12 @@ def init_from_env(device: str = "cpu") -> None:
     backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    # Keys of a restarted worker group must not meet those its killed predecessor left in torchrun's store: gloo
+    # otherwise reads a dead peer's address and fails to connect (seen under load). One prefix per attempt.
+    store, process_rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cdcompress/attempt-{attempt}/", store),
+                            rank=process_rank, world_size=world)
 
 
 def rank() -> int:

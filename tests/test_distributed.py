@@ -82,7 +82,7 @@ def launch(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.P
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == 0, out[-12000:]
     return out
 
 
