@@ -53,10 +53,16 @@ def run_all(seeds: list[int], steps: int, out: Path) -> dict[str, list[dict]]:
                 report = json.loads((run_dir / "report.json").read_text())
             else:
                 report = run_recipe(recipe, run_dir, resume=resume).report
-            results[name].append({"seed": seed, "run_dir": str(run_dir), "overrides": overrides, **report["levels"]["3"]})
+            results[name].append({"seed": seed, "run_dir": str(run_dir), "overrides": overrides,
+                                  "train_seconds": sum(report.get("stage_seconds", {}).values()), **report["levels"]["3"]})
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: student {report['levels']['3']['student_psnr']:.2f} dB",
                   flush=True)
     return results
+
+
+def _training_minutes(results: dict[str, list[dict]]) -> float:
+    """Training time of every run, from their reports (runs reused from an earlier invocation count too)."""
+    return sum(r["train_seconds"] for rows in results.values() for r in rows) / 60
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -104,7 +110,6 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
     results = run_all(args.seeds, args.steps, args.out)
     text = table(results)
     print(text)
@@ -113,7 +118,7 @@ def main(argv: list[str]) -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     doc = args.docs / "experiment_cd16x_half.md"
     doc.write_text(EXPERIMENT_DOC.format(table=text, command=command, seeds=", ".join(map(str, args.seeds)),
-                                         steps=args.steps, minutes=(time.perf_counter() - started) / 60,
+                                         steps=args.steps, minutes=_training_minutes(results),
                                          date=time.strftime("%Y-%m-%d"), png=png.relative_to(args.docs)))
     print(f"wrote {doc} and {png}")
 
@@ -129,7 +134,7 @@ Held-out evaluation: the four `../shared/images/style` photos, shorter side 256.
 
 Variants: **CD** = embedding loss at relu1_1..relu3_1 + reconstruction through the frozen collaborator;
 **feature-KD only** = the same embedding loss without the collaborator; **prune-only** = the paper's FP-slimmed
-baseline, no stage 2. Seeds {seeds}; mean ± half the range. Date {date}, 2-core CPU, {minutes:.0f} minutes in all.
+baseline, no stage 2. Seeds {seeds}; mean ± half the range. Date {date}, 2-core CPU, {minutes:.0f} minutes of training in all.
 
 {table}
 

@@ -20,8 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import CDCompressError
 from .models.format import CDModel, read_spec
-from .models.vgg import count_parameters
-from .slim import EncoderDecoderPair
+from .modules import EncoderDecoderPair, count_parameters
 
 
 @dataclass

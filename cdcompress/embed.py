@@ -38,10 +38,6 @@ class EmbeddingBranches(nn.ModuleDict):
     def token_taps(self) -> dict[str, bool]:
         return {tap: isinstance(branch, nn.Linear) for tap, branch in self.items()}
 
-    def embed(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Map each student feature to teacher width (taps without a branch are skipped)."""
-        return {tap: self[tap](f) for tap, f in features.items() if tap in self}
-
 
 def _io_channels(branch: nn.Module) -> tuple[int, int]:
     if isinstance(branch, nn.Linear):
@@ -138,15 +134,6 @@ def flatten_outputs(outputs: Any) -> dict[str, torch.Tensor]:
     if isinstance(outputs, Mapping):
         return {f"{OUTPUT}_{k}": t for k, t in outputs.items()}
     raise TypeError(f"encoder outputs must be a tensor, tuple/list or dict of tensors, got {type(outputs).__name__}")
-
-
-def rebuild_outputs(template: Any, named: Mapping[str, torch.Tensor]) -> Any:
-    """Put named tensors back into the structure of ``template`` (inverse of :func:`flatten_outputs`)."""
-    if isinstance(template, torch.Tensor):
-        return named[OUTPUT]
-    if isinstance(template, (tuple, list)):
-        return type(template)(named[f"{OUTPUT}_{i}"] for i in range(len(template)))
-    return {k: named[f"{OUTPUT}_{k}"] for k in template}
 
 
 def branch_key(tap: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from .cost import count_macs
 from .models.format import CDModel
 from .models.pair import MODULE_FAMILY, rebuild
-from .slim import EncoderDecoderPair, count_parameters
+from .modules import EncoderDecoderPair, count_parameters
 
 
 @dataclass

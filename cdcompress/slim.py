@@ -27,6 +27,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import CDCompressError
+from .modules import EncoderDecoderPair, count_parameters
 from .registry import Registry, accepted, split_reference
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ class Slimmer(Protocol):
     """Anything that slims a module in place and reports the kept output channels per layer."""
 
     def slim(self, module: nn.Module, example_inputs: tuple[Any, ...], keep: Sequence[str]) -> dict[str, list[int]]: ...
-
-
-class EncoderDecoderPair(nn.Module):
-    """``decoder(encoder(x))`` as one module, so one dependency graph couples both sides."""
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.decoder(self.encoder(x))
 
 
 _PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -279,10 +268,6 @@ def _out_channels(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return layer.out_features
     return layer.out_channels
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from zoo import GNUNetDecoder, GNUNetEncoder, ResNetDecoder, ResNetEncoder
 
 import cdcompress
 from cdcompress.cli import main
-from cdcompress.slim import count_parameters
+from cdcompress.modules import count_parameters
 
 PAIRS = {"unet-convtranspose-groupnorm": (GNUNetEncoder, GNUNetDecoder), "resnet-batchnorm": (ResNetEncoder, ResNetDecoder)}
 

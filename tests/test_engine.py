@@ -12,7 +12,8 @@ from zoo import ResNetDecoder, ResNetEncoder, TokenDecoder, TokenEncoder, UNetDe
 
 from cdcompress.data import Batch, CropSampler, skimage_photos
 from cdcompress.distill import TrainConfig, apply
-from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
+from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
+from cdcompress.modules import count_parameters
 from cdcompress.slim import Slimming, SlimmingError, slim_pair
 
 

@@ -27,7 +27,7 @@ from cdcompress.errors import CDCompressError
 from cdcompress.evaluate import load_scaled, mean_style, style_evaluation
 from cdcompress.gram import evaluation_encoder, gram, gram_distance, style_distances
 from cdcompress.models.registry import resolve_model
-from cdcompress.models.vgg import count_parameters
+from cdcompress.modules import count_parameters
 from cdcompress.stylize import stylize
 
 

@@ -112,6 +112,7 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, text = run("distill", "--recipe", path, "--out", out)
     assert code == 0, text
+    assert "comparison.png" in text and "heldout.png" not in text  # what was written, nothing that was not
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "comparison.png", "report.md", "report.json",
                  "student/model.json"):
         assert (out / name).is_file(), name
@@ -126,6 +127,22 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
     assert code == 2 and "--resume" in text
     code, text = run("distill", "--recipe", path, "--out", out, "--resume")
     assert code == 0, text
+
+
+def test_a_run_that_failed_before_training_can_be_run_again(tmp_path: Path) -> None:
+    """No checkpoint, nothing to resume: the failed run's config.yaml must not make the same command refuse."""
+    from cdcompress.distill.run import run_recipe
+    from cdcompress.errors import CDCompressError
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(VALID.replace("teacher: {source: builtin, path: vgg19, pretrained: none}",
+                                  f"teacher: {{source: model, path: {tmp_path / 'no-teacher'}}}"))
+    out = tmp_path / "run"
+    for _ in range(2):  # the second attempt fails for the same reason, not for "already holds a run"
+        with pytest.raises(CDCompressError) as failure:
+            run_recipe(load_recipe(path), out)
+        assert "already holds a run" not in str(failure.value) and "no-teacher" in str(failure.value)
+        assert not (out / "config.yaml").exists()
 
 
 def test_amp_off_written_bare_in_yaml(tmp_path: Path) -> None:

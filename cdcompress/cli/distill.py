@@ -47,7 +47,8 @@ def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resum
 
 def echo_summary(result: RunResult) -> None:
     """What a finished run wrote and, per level, the compression and the held-out reconstruction."""
-    click.echo(f"wrote {result.run_dir} (student/, report.md, loss.png, comparison.png)")
+    written = ["student/", "report.md", *(name for name in result.report.get("files", {}).values() if name)]
+    click.echo(f"wrote {result.run_dir} ({', '.join(written)})")
     for level, entry in result.report["levels"].items():
         psnr = f", student PSNR {entry['student_psnr']:.2f} dB (teacher {entry['teacher_psnr']:.2f})" \
             if "student_psnr" in entry else ""

@@ -1,7 +1,8 @@
 """The three stages of Collaborative Distillation and the trainer that runs them."""
 
+from ..modules import freeze, reinitialize
 from .distiller import OBJECTIVES, Distiller, ObjectiveContext, apply, reconstruction_objective, style_transfer_objective
-from .stages import freeze, reinitialize, train_decoder
+from .stages import train_decoder
 from .trainer import TrainConfig, Trainer, TrainingError, TrainResult
 
 __all__ = [

@@ -25,9 +25,10 @@ from ..data import Batch, as_batch
 from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, channels_of, flatten_outputs, is_token_feature
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
+from ..modules import EncoderDecoderPair, freeze, reinitialize
 from ..registry import Registry, build, split_reference
-from ..slim import EncoderDecoderPair, Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
-from .stages import freeze, reinitialize, train_decoder
+from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
+from .stages import train_decoder
 from .trainer import TrainConfig, Trainer, TrainResult
 
 OBJECTIVES: Registry[Callable[..., Objective | None]] = Registry("objective")

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import write_json
+from ..cost import count_macs
 from ..images import center_square, save_image
 from ..metrics import psnr, ssim
 from ..models.format import CDModel
+from ..modules import EncoderDecoderPair, count_parameters
 
 if TYPE_CHECKING:
     from .distiller import Distiller
@@ -137,16 +139,14 @@ def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher
 
 def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],
                   distillers: dict[int, Distiller]) -> dict[str, Any]:
-    from .run import encoder_decoder_cost
-
     recipe, run_dir = run.recipe, run.run_dir
     device = torch.device(recipe.device)
     images = run.held_out_images()
     size = recipe.data.eval_size
     levels: dict[str, Any] = {}
     for level, (teacher, collaborator) in teachers.items():
-        t_params, t_macs = encoder_decoder_cost(teacher.encoder, collaborator, size)
-        s_params, s_macs = encoder_decoder_cost(student.encoder(level), student.decoder(level), size)
+        t_params, t_macs = _encoder_decoder_cost(teacher.encoder, collaborator, size)
+        s_params, s_macs = _encoder_decoder_cost(student.encoder(level), student.decoder(level), size)
         entry: dict[str, Any] = {
             "teacher": teacher.note,
             "teacher_encoder_params": t_params,
@@ -209,3 +209,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if files:
         lines += ["", *files]
     return "\n".join(lines) + "\n"
+
+
+def _encoder_decoder_cost(encoder: torch.nn.Module, decoder: torch.nn.Module, size: int) -> tuple[int, int]:
+    """Parameters of ``encoder`` and MACs of encoder + decoder at ``size``² (the meta-device counter)."""
+    return count_parameters(encoder), count_macs(EncoderDecoderPair(encoder, decoder), (1, 3, size, size))

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..cost import count_macs
 from ..data import DATA_SOURCES, CropSampler, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
 from ..embed import flatten_outputs
@@ -29,11 +28,12 @@ from ..metrics import psnr
 from ..models.converters import wct_levels
 from ..models.format import CDModel, save, spec_levels
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
+from ..modules import freeze
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
 from ..registry import accepted, build
-from ..slim import Slimming, count_parameters
+from ..slim import Slimming
 from .distiller import OBJECTIVES, Distiller, apply, portable_branches
-from .stages import freeze, train_decoder
+from .stages import train_decoder
 from .teachers import Teacher, load_teacher
 from .trainer import TrainConfig
 
@@ -357,7 +357,20 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, resume: bool =
     resume, problem = distributed.from_main(_resume_decision(run_dir, resume) if distributed.is_main() else None)
     if problem:
         raise CDCompressError(problem)
-    return RecipeRun(recipe, run_dir, resume).execute()
+    try:
+        return RecipeRun(recipe, run_dir, resume).execute()
+    except BaseException:
+        _forget_untrained_run(run_dir, resume)
+        raise
+
+
+def _forget_untrained_run(run_dir: Path, resumed: bool) -> None:
+    """A new run that failed before its first checkpoint leaves nothing to resume: drop its ``config.yaml``
+    so the same command can simply be run again (a run with checkpoints keeps it, for ``--resume``)."""
+    checkpoints = run_dir / "checkpoints"
+    if resumed or not distributed.is_main() or (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return
+    (run_dir / "config.yaml").unlink(missing_ok=True)
 
 
 def _resume_decision(run_dir: Path, resume: bool) -> tuple[bool, str]:
@@ -379,21 +392,6 @@ def eval_images(recipe: Recipe, scratch: Path) -> list[tuple[str, torch.Tensor]]
         image = resize_shorter(load_image(path), recipe.data.eval_size)
         images.append((path.name, crop_to_multiple(image, 16, path)))
     return images
-
-
-def encoder_decoder_cost(encoder: nn.Module, decoder: nn.Module, size: int) -> tuple[int, int]:
-    """Parameters and MACs of encoder + decoder at ``size``² (MACs via the meta-device counter)."""
-
-    class _Pair(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder, self.decoder = encoder, decoder
-
-        def forward(self, x: torch.Tensor) -> Any:
-            return self.decoder(self.encoder(x))
-
-    pair = _Pair()
-    return count_parameters(encoder), count_macs(pair, (1, 3, size, size))
 
 
 __all__ = ["RecipeRun", "RunResult", "eval_images", "load_teacher", "run_recipe"]

@@ -16,26 +16,8 @@ from torch import nn
 
 from ..data import Batch
 from ..losses import FeatureExtractor, reconstruction_terms, total
+from ..modules import freeze
 from .trainer import TrainConfig, Trainer, TrainResult
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no gradients: a frozen network stays frozen whatever the trainer does."""
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def reinitialize(module: nn.Module) -> nn.Module:
-    """Fresh random weights in every layer that knows how to reset itself."""
-    for sub in module.modules():
-        if sub is not module and hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
-    hook = getattr(module, "reset_output_bias", None)
-    if callable(hook):
-        hook()
-    return module
 
 
 class DecoderTask:

@@ -5,8 +5,9 @@ runs them behind the stylization ``Backend`` protocol. onnx/onnxruntime and tens
 dependencies, imported only when used.
 """
 
-from .bundle import ExportResult, export_bundle, read_manifest
+from .bundle import ExportResult, export_bundle
 from .errors import ExportError, TensorRTUnavailable
+from .manifest import read_manifest
 from .profiles import ExportProfile, available_profiles, load_profile
 from .runtime import OnnxBackend
 

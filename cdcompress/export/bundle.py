@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from ..atomic import staged_directory, write_json
-from ..models.format import SPEC_FILE, CDModel, read_format_json, read_spec, sha256_file
+from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
 from ..models.pair import MODULE_FAMILY
 from .errors import ExportError
+from .manifest import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
 from .onnx import (
     ROLES,
     ParityRow,
@@ -39,10 +40,8 @@ from .onnx import (
     verify_graph,
 )
 from .profiles import ExportProfile, load_profile
+from .runtime import make_session
 
-BUNDLE_FORMAT = "cdcompress-bundle"
-BUNDLE_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 #: Inputs per graph for fixed-shape exports, which have only one size to check.
 FIXED_SHAPE_CASES = 3
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy")
@@ -104,8 +103,6 @@ def _export_pair_bundle(model: CDModel, out: Path, profile: ExportProfile, model
     from tqdm import tqdm
 
     from .pair import FlatDecoder, FlatEncoder, check_sizes, export_pair_graph, pair_cases, strides, verify_pair_graph
-    from .runtime import make_session
-
     require_onnx()
     if profile.precision != "fp32":
         raise ExportError("fp16 export is available for VGG-family bundles only; export this pair in float32")
@@ -153,8 +150,6 @@ def _export_graphs(model: CDModel, parts: list[Part], staging: Path, profile: Ex
                    progress: bool) -> tuple[dict[str, dict[str, Any]], list[ParityRow]]:
     """Export each graph and check it on the profile's sizes against the PyTorch module."""
     from tqdm import tqdm
-
-    from .runtime import make_session
 
     entries: dict[str, dict[str, Any]] = {}
     rows: list[ParityRow] = []
@@ -255,32 +250,3 @@ def _manifest(model: CDModel, model_ref: str, model_dir: Path | None, profile: E
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                   for p in sorted(staging.iterdir()) if p.is_file() and p.name != MANIFEST_FILE},
     }
-
-
-def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Parse and check a bundle's manifest; with ``verify`` every listed file's SHA-256 is compared."""
-    path = Path(path)
-    manifest_path = path / MANIFEST_FILE
-    manifest = read_format_json(
-        manifest_path, what="an export bundle", format_name=BUNDLE_FORMAT, version=BUNDLE_VERSION, error=ExportError,
-        missing="create one with `cdcompress export MODEL`", fix="re-export the bundle",
-        upgrade="re-export with this version",
-    )
-    for key in ("levels", "parts", "files", "shape"):
-        if key not in manifest:
-            raise ExportError(f"{manifest_path}: missing '{key}'; re-export the bundle")
-    unlisted = [e.get("file") for e in manifest["parts"].values() if e.get("file") not in manifest["files"]]
-    if unlisted:
-        raise ExportError(f"{manifest_path}: graph(s) {unlisted} have no checksum in 'files'; re-export the bundle")
-    for name, entry in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise ExportError(f"{file}: listed in the manifest but missing; re-export the bundle")
-        if verify and sha256_file(file) != entry.get("sha256"):
-            raise ExportError(f"{file}: checksum mismatch, the file is corrupt or was modified; re-export the bundle")
-    return manifest
-
-
-def bundle_bytes(path: str | Path) -> int:
-    """Total size of a bundle's files (graphs, engines, manifest)."""
-    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())

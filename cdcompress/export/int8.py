@@ -28,8 +28,8 @@ import torch
 from ..atomic import staged_directory, write_json
 from ..metrics import psnr
 from ..models.format import sha256_file
-from .bundle import MANIFEST_FILE, read_manifest
 from .errors import ExportError
+from .manifest import MANIFEST_FILE, read_manifest
 
 #: Calibration photos are resized so their shorter side is this (multiple of the level-5 stride).
 CALIBRATION_SIDE = 256

@@ -165,7 +165,7 @@ class PairRunner:
 
     def __init__(self, bundle: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
                  verify: bool = True) -> None:
-        from .bundle import read_manifest
+        from .manifest import read_manifest
         from .runtime import choose_providers, make_session
 
         self.path = Path(bundle)

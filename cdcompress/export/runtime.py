@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from ..models.vgg import VGGSpec
-from .bundle import read_manifest
 from .errors import ExportError
+from .manifest import read_manifest
 
 CPU = "CPUExecutionProvider"
 #: Preference order; TensorRT's EP only for fixed shapes (it rebuilds engines on every new shape).

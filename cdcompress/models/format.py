@@ -27,9 +27,10 @@ from torch import nn
 from ..atomic import staged_directory, write_json
 from ..embed import EmbeddingBranches
 from ..errors import CheckpointError, ModelFormatError
+from ..modules import count_parameters
 from .checkpoint import load_weights, read_state_dict
 from .pair import MODULE_FAMILY, Factory, architecture_record, rebuild
-from .vgg import VGGDecoder, VGGEncoder, VGGSpec, count_parameters
+from .vgg import VGGDecoder, VGGEncoder, VGGSpec
 
 FORMAT_NAME = "cdcompress-model"
 FORMAT_VERSION = 1

@@ -307,6 +307,3 @@ class VGGDecoder(_VGGBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,11 +203,6 @@ def plan_tiles(height: int, width: int, tile: int, halo: int, align: int) -> lis
     """Row-major tiles over a (stride-padded) ``height x width`` image."""
     rows, cols = spans(height, tile, halo, align), spans(width, tile, halo, align)
     return [Tile(r, c) for r in rows for c in cols]
-
-
-def iter_bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, height, rows):
-        yield start, min(height, start + rows)
 
 
 # ----------------------------------------------------------------------------- memory
