@@ -110,6 +110,31 @@ def test_importance_criteria(importance: str) -> None:
     assert count_parameters(distiller.student) < count_parameters(teacher)
 
 
+def _kept_conv11_filters(teacher: nn.Module, collaborator: nn.Module, importance: str, seed: int = 0) -> list[int]:
+    student = apply(teacher, collaborator, slim=Slimming(0.5, importance=importance, seed=seed), taps=None).student
+    return [i for i in range(teacher.conv11.out_channels)
+            if any(torch.equal(teacher.conv11.weight[i], w) for w in student.conv11.weight)]
+
+
+def test_each_criterion_keeps_the_filters_it_should() -> None:
+    """A crafted conv11 whose L1 and L2 rankings disagree: filters 0-7 spread small weights (L1 ~2.7, L2 ~0.52),
+    filters 8-15 hold one large weight (L1 = L2 ~1.1). L1 must keep 0-7, L2 8-15; random keeps a seed's choice.
+    Every filter is distinct, so a kept filter is found in the teacher by value."""
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    with torch.no_grad():
+        teacher.conv11.weight.zero_()
+        for i in range(8):
+            teacher.conv11.weight[i] = 0.1 + 0.001 * i
+        for i in range(8, 16):
+            teacher.conv11.weight[i, i % 3, 1, 1] = 1.0 + 0.01 * i  # distinct, so no two filters tie
+    assert _kept_conv11_filters(teacher, collaborator, "l1") == list(range(8))
+    assert _kept_conv11_filters(teacher, collaborator, "l2") == list(range(8, 16))
+    random0 = _kept_conv11_filters(teacher, collaborator, "random", seed=0)
+    assert random0 == _kept_conv11_filters(teacher, collaborator, "random", seed=0) and len(random0) == 8
+    assert random0 != _kept_conv11_filters(teacher, collaborator, "random", seed=1)
+
+
 def test_random_init_differs_from_pruned_init() -> None:
     torch.manual_seed(0)
     teacher, collaborator = vgg_pair()
@@ -239,3 +264,20 @@ def test_crafted_trainer_checkpoint_is_not_executed(photos: list[Path], tmp_path
     result = resumed.fit(resume=True)
     assert not marker.exists(), "a crafted checkpoint executed code"
     assert result.resumed_from == 4  # the crafted file was refused, the previous good one used
+
+
+def test_the_collaborator_term_drives_the_student() -> None:
+    """β = 0 leaves only the loss through the frozen collaborator: the student must still learn from it, and end
+    elsewhere than the feature-KD run that has the embedding loss alone (no collaborator)."""
+    torch.manual_seed(0)
+    teacher, collaborator = vgg_pair()
+    batches = [torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    config = TrainConfig(steps=4, lr=1e-2, log_every=1)
+    only_collaborator = apply(teacher, collaborator, slim=0.5, beta=0.0, taps=None)
+    start = only_collaborator.student.conv11.weight.detach().clone()
+    result = only_collaborator.fit(batches, config)
+    assert set(result.history[0]) >= {"pixel", "total"} and result.history[0].get("embed", 0.0) == 0.0
+    assert not torch.equal(only_collaborator.student.conv11.weight, start)  # gradients came through the collaborator
+    feature_kd = apply(teacher, collaborator, slim=0.5, beta=1.0, objective="feature-kd", taps=None)
+    feature_kd.fit(batches, config)
+    assert not torch.allclose(only_collaborator.student.conv11.weight, feature_kd.student.conv11.weight, atol=1e-4)

@@ -369,7 +369,9 @@ def apply(
     ``(ObjectiveContext) -> {term: loss}``; further keywords (``lambda_p``, ``lambda_s``,
     ``perceptual_taps``) configure a named objective. ``taps``: submodule names that get embedding
     branches, ``"auto"`` (the last activation before each downsampling) or ``None``; every encoder
-    output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. The caller's
+    output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
+    slimming and the branch initialisation (a :class:`~cdcompress.slim.Slimming` passed as ``slim`` keeps its own
+    seed for the importance criterion). The caller's
     modules are copied, never changed, and torch's global RNG is left as it was.
     """
     slimming = Slimming.of(slim, seed)
