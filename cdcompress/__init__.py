@@ -1,17 +1,53 @@
-"""cdcompress: Collaborative Distillation for encoder-decoder networks."""
+"""cdcompress: Collaborative Distillation for encoder-decoder networks.
 
-from . import denoise as denoise  # registers the noisy-pairs data source
-from . import export as export
-from .data import Batch
-from .distill import Distiller, ObjectiveContext, TrainConfig, apply
-from .errors import CDCompressError
-from .models import CDModel, VGGDecoder, VGGEncoder, VGGSpec, load, save, save_pair
-from .registry import ARCHITECTURES
-from .slim import Slimming
-from .stylize import stylize as stylize  # the API function; the subpackage stays importable by name
+Public names load on first use, so ``import cdcompress`` and ``cdcompress --help`` do not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "Batch", "CDCompressError", "CDModel", "Distiller", "ObjectiveContext", "Slimming",
-           "TrainConfig", "VGGDecoder", "VGGEncoder", "VGGSpec", "__version__", "apply", "export", "load", "save", "save_pair",
-           "stylize"]
+_EXPORTS = {
+    "ARCHITECTURES": ".models.unet",  # the registry, with the built-in U-Net registered
+    "Batch": ".data",
+    "CDCompressError": ".errors",
+    "CDModel": ".models.format",
+    "Distiller": ".distill.distiller",
+    "ObjectiveContext": ".distill.distiller",
+    "Slimming": ".slim",
+    "TrainConfig": ".distill.trainer",
+    "VGGDecoder": ".models.vgg",
+    "VGGEncoder": ".models.vgg",
+    "VGGSpec": ".models.vgg",
+    "apply": ".distill.distiller",
+    "load": ".models.format",
+    "save": ".models.format",
+    "save_pair": ".models.format",
+}
+#: ``cdcompress.stylize`` is the subpackage, which is also callable as the stylize function.
+_SUBMODULES = ("export", "stylize")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
+    from . import export as export
+    from .data import Batch as Batch
+    from .distill.distiller import Distiller as Distiller
+    from .distill.distiller import ObjectiveContext as ObjectiveContext
+    from .distill.distiller import apply as apply
+    from .distill.trainer import TrainConfig as TrainConfig
+    from .errors import CDCompressError as CDCompressError
+    from .models.format import CDModel as CDModel
+    from .models.format import load as load
+    from .models.format import save as save
+    from .models.format import save_pair as save_pair
+    from .models.vgg import VGGDecoder as VGGDecoder
+    from .models.vgg import VGGEncoder as VGGEncoder
+    from .models.vgg import VGGSpec as VGGSpec
+    from .registry import ARCHITECTURES as ARCHITECTURES
+    from .slim import Slimming as Slimming
+    from .stylize import stylize as stylize

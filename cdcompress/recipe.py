@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import CDCompressError
 from .registry import RegistryError
-from .slim import IMPORTANCES
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -96,6 +95,8 @@ class StudentSpec(_Strict):
     @field_validator("importance")
     @classmethod
     def _importance_registered(cls, value: PluginRef) -> PluginRef:
+        from .slim import IMPORTANCES  # imported when a recipe is validated, not when the CLI starts
+
         return _registered(IMPORTANCES, value)
 
     @field_validator("width")
@@ -145,7 +146,7 @@ class DataSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source_registered(cls, value: PluginRef) -> PluginRef:
-        from .data import DATA_SOURCES
+        from .denoise import DATA_SOURCES  # the registry, with the built-in noisy-pairs source registered
 
         return _registered(DATA_SOURCES, value)
 

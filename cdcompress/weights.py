@@ -14,7 +14,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .errors import CDCompressError
@@ -148,6 +147,8 @@ KNOWN_WEIGHTS: dict[str, PublishedWeights] = {
 
 def default_weights_dir() -> Path:
     """torch's hub cache, where torchvision (and the demo recipe) look for these files."""
+    import torch  # here, not at import: listing weights must not load torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 

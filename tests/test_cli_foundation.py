@@ -75,3 +75,51 @@ def test_cli_refuses_bad_checkpoints(tmp_path: Path, payload: str) -> None:
     code, out = run("convert", "--from", "torchvision", src, "--out", tmp_path / "o")
     assert_one_line_error(code, out, "refused" if payload == "code" else "truncated")
     assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+_TORCH_PROBE = """
+import sys
+from cdcompress.cli import main
+try:
+    main(sys.argv[1:], prog_name="cdcompress")
+except SystemExit:
+    pass
+print("TORCH_LOADED", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["recipes"], ["weights", "--help"], ["stylize", "--help"],
+                                  ["export", "--help"], ["distill", "--help"], ["stylize", "--content", "x.png"],
+                                  ["distill", "--recipe", "no-such-recipe"]])
+def test_help_listing_and_argument_errors_do_not_load_torch(args: list[str]) -> None:
+    """Commands that compute nothing answer without importing torch (it takes seconds to load)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert "TORCH_LOADED False" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_command_table_matches_the_commands() -> None:
+    """`cdcompress --help` lists commands from a table so their modules need not load; it must say what they say."""
+    import importlib
+
+    from cdcompress.cli.main import COMMANDS
+
+    for name, (module, short_help) in COMMANDS.items():
+        importlib.import_module(f"cdcompress.cli.{module}")
+        assert main.commands[name].get_short_help_str(limit=200) == short_help, name
+    assert set(main.commands) == set(COMMANDS)
+
+
+def test_stylize_is_the_package_and_the_function() -> None:
+    """``cdcompress.stylize(...)`` works however the package was reached first."""
+    import cdcompress
+    import cdcompress.stylize.pipeline as pipeline
+
+    assert callable(cdcompress.stylize) and cdcompress.stylize.pipeline is pipeline
+    from cdcompress.models import student_architecture
+
+    image = torch.rand(1, 3, 32, 32)
+    result = cdcompress.stylize(student_architecture(0.25, levels=(1,)), image, image, levels=[1], tile=0)
+    assert result.shape == image.shape

@@ -14,28 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_reliability import RECIPE as RELIABILITY_RECIPE
 
 from cdcompress import load
 from cdcompress.distributed import ProcessSyncBatchNorm, synced_batchnorm
 
 TESTS = Path(__file__).resolve().parent
 
-VGG_RECIPE = textwrap.dedent(
-    """
-    name: tiny_ddp
-    levels: [2]
-    teacher: {{source: builtin, path: vgg19, pretrained: none}}
-    collaborator: {{source: train}}
-    student: {{width: 0.25}}
-    objective: {{lambda_p: 0.1}}
-    data: {{train: [skimage], eval: [skimage-heldout], resize: 40, crop: 32, eval_size: 48}}
-    stages:
-      collaborator: {{steps: {steps}, batch: 4, lr: 1.0e-3, accumulate: {accumulate}}}
-      distill: {{steps: {steps}, batch: 4, lr: 1.0e-3, accumulate: {accumulate}}}
-      decoder: {{steps: {steps}, batch: 4, lr: 1.0e-3, accumulate: {accumulate}}}
-    output: {{checkpoint_every: 2, log_every: 1}}
-    """
-)
+# The tiny recipe of the crash-safety tests, with 8 steps and gradient accumulation as parameters.
+VGG_RECIPE = (RELIABILITY_RECIPE.replace("name: tiny_reliability", "name: tiny_ddp")
+              .replace("lr: 1.0e-3}}", "lr: 1.0e-3, accumulate: {accumulate}}}"))
 
 BN_PLUGIN = textwrap.dedent(
     """

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..recipe import bundled_recipes, check_paths, load_recipe, to_yaml
+from ..recipe import bundled_recipes, check_paths, load_raw, load_recipe, to_yaml
 from ..weights import KNOWN_WEIGHTS, download
 from .main import main
 from .options import parse_levels
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
                                              "per-layer widths, usable images, steps, outputs) without training.")
 def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resume: bool, nproc: int, dry_run: bool) -> None:
     """Run the three stages of Collaborative Distillation described by a recipe."""
+    recipe = load_recipe(recipe_ref, list(overrides))  # a bad recipe is reported before torch loads
+    check_paths(recipe, recipe_ref)
     from .. import distributed
     from ..distill.run import run_recipe
 
-    recipe = load_recipe(recipe_ref, list(overrides))
-    check_paths(recipe, recipe_ref)
     if dry_run:
         from ..distill.plan import plan
 
@@ -84,9 +84,9 @@ def recipes(ctx: click.Context) -> None:
     """List the bundled recipes (or `recipes show NAME`)."""
     if ctx.invoked_subcommand is not None:
         return
-    for name, path in bundled_recipes().items():
-        recipe = load_recipe(path)
-        click.echo(f"{name:<16} {recipe.description.splitlines()[0] if recipe.description else ''}")
+    for name, path in bundled_recipes().items():  # descriptions only: validating would load torch (`show` does)
+        description = str(load_raw(path)[0].get("description") or "")
+        click.echo(f"{name:<16} {description.splitlines()[0] if description else ''}")
 
 
 @recipes.command("show")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -12,9 +13,42 @@ import click
 from .. import __version__
 from ..errors import CDCompressError
 
+#: Command -> (the ``cdcompress.cli`` module that defines it, its one-line help). A command's module is imported
+#: only when that command runs or shows its help, so ``cdcompress --help`` does not load torch.
+#: ``tests/test_cli_foundation.py`` checks these lines against the commands' own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("models", "Convert external weights SRC into a cdcompress model directory (safetensors + model.json)."),
+    "demo": ("demo", "Compress the paper's WCT VGG-19 teacher (levels 1-3) 16x on the bundled photos: all three stages, "
+                     "a report."),
+    "distill": ("distill", "Run the three stages of Collaborative Distillation described by a recipe."),
+    "eval": ("evaluate", "Evaluate a model: reconstruction quality, style distance, cost."),
+    "export": ("export", "Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch."),
+    "inspect": ("models", "Parameters, bytes on disk and MACs per part and level of MODEL."),
+    "recipes": ("distill", "List the bundled recipes (or `recipes show NAME`)."),
+    "stylize": ("stylize", "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),
+    "weights": ("distill", "Published weights for users with a network."),
+}
+
 
 class _Group(click.Group):
-    """Runs sub-commands, reporting :class:`CDCompressError` as one line with exit code 2."""
+    """Runs sub-commands, reporting :class:`CDCompressError` as one line with exit code 2; loads them on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")  # its decorators register it here
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`, without importing every command's module."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
+                 else click.utils.make_default_short_help(COMMANDS[name][1], limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         _exit_cleanly_on_sigterm()

@@ -8,12 +8,8 @@ from typing import Any
 
 import click
 
-from ..device import resolve_device
 from ..errors import CDCompressError
-from ..models.registry import resolve_model
-from ..stylize.backend import PRECISIONS, TorchBackend
-from ..stylize.pipeline import METHODS, stylize
-from ..stylize.tiling import parse_memory
+from ..stylize.settings import METHODS, PRECISION_NAMES
 from .main import main
 from .options import parse_levels
 
@@ -40,7 +36,7 @@ from .options import parse_levels
               help="Directory for tiled scratch files (default: system temp).")
 @click.option("--device", default="cpu", show_default=True,
               help="Where --model runs: cpu, cuda or cuda:N (--max-memory still bounds host memory).")
-@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="Network precision for --model: fp16 (GPU) or bf16 (GPU, or CPUs with AVX-512 BF16) trade a little "
                    "accuracy for speed; statistics and WCT maps stay in full precision.")
 @click.option("--grid", is_flag=True, help="Also write content | style | result side by side as <out>_grid.png.")
@@ -55,6 +51,12 @@ def stylize_command(model_ref: str | None, bundle: Path | None, content: Path, s
     Large images are tiled with halos wide enough that the result equals the untiled computation,
     keeping memory bounded by the tile (scratch files go to --workdir).
     """
+    from ..device import resolve_device
+    from ..models.registry import resolve_model
+    from ..stylize.backend import TorchBackend
+    from ..stylize.pipeline import stylize
+    from ..stylize.tiling import parse_memory
+
     budget = parse_memory(max_memory)  # validate before the (slow) model load
     if (model_ref is None) == (bundle is None):
         raise CDCompressError("pass exactly one of --model DIR and --bundle DIR")

@@ -1,22 +1,32 @@
-"""The three stages of Collaborative Distillation and the trainer that runs them."""
+"""The three stages of Collaborative Distillation and the trainer that runs them (loaded on first use)."""
 
-from ..modules import freeze, reinitialize
-from .distiller import OBJECTIVES, Distiller, ObjectiveContext, apply, reconstruction_objective, style_transfer_objective
-from .stages import train_decoder
-from .trainer import TrainConfig, Trainer, TrainingError, TrainResult
+from __future__ import annotations
 
-__all__ = [
-    "OBJECTIVES",
-    "Distiller",
-    "ObjectiveContext",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "TrainingError",
-    "apply",
-    "freeze",
-    "reconstruction_objective",
-    "reinitialize",
-    "style_transfer_objective",
-    "train_decoder",
-]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "freeze": "..modules", "reinitialize": "..modules",
+    "OBJECTIVES": ".distiller", "Distiller": ".distiller", "ObjectiveContext": ".distiller", "apply": ".distiller",
+    "reconstruction_objective": ".distiller", "style_transfer_objective": ".distiller",
+    "train_decoder": ".stages",
+    "TrainConfig": ".trainer", "TrainResult": ".trainer", "Trainer": ".trainer", "TrainingError": ".trainer",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
+    from ..modules import freeze as freeze
+    from ..modules import reinitialize as reinitialize
+    from .distiller import OBJECTIVES as OBJECTIVES
+    from .distiller import Distiller as Distiller
+    from .distiller import ObjectiveContext as ObjectiveContext
+    from .distiller import apply as apply
+    from .distiller import reconstruction_objective as reconstruction_objective
+    from .distiller import style_transfer_objective as style_transfer_objective
+    from .stages import train_decoder as train_decoder
+    from .trainer import TrainConfig as TrainConfig
+    from .trainer import Trainer as Trainer
+    from .trainer import TrainingError as TrainingError
+    from .trainer import TrainResult as TrainResult

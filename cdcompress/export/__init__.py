@@ -2,23 +2,31 @@
 
 ``export_bundle`` writes per-level encoder/decoder graphs checked against PyTorch; ``OnnxBackend``
 runs them behind the stylization ``Backend`` protocol. onnx/onnxruntime and tensorrt are optional
-dependencies, imported only when used.
+dependencies, imported only when used; the names here load on first use (no torch for listing profiles).
 """
 
-from .bundle import ExportResult, export_bundle
-from .errors import ExportError, TensorRTUnavailable
-from .manifest import read_manifest
-from .profiles import ExportProfile, available_profiles, load_profile
-from .runtime import OnnxBackend
+from __future__ import annotations
 
-__all__ = [
-    "ExportError",
-    "ExportProfile",
-    "ExportResult",
-    "OnnxBackend",
-    "TensorRTUnavailable",
-    "available_profiles",
-    "export_bundle",
-    "load_profile",
-    "read_manifest",
-]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "ExportResult": ".bundle", "export_bundle": ".bundle", "read_manifest": ".manifest",
+    "ExportError": ".errors", "TensorRTUnavailable": ".errors",
+    "ExportProfile": ".profiles", "available_profiles": ".profiles", "load_profile": ".profiles",
+    "OnnxBackend": ".runtime",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
+    from .bundle import ExportResult as ExportResult
+    from .bundle import export_bundle as export_bundle
+    from .errors import ExportError as ExportError
+    from .errors import TensorRTUnavailable as TensorRTUnavailable
+    from .manifest import read_manifest as read_manifest
+    from .profiles import ExportProfile as ExportProfile
+    from .profiles import available_profiles as available_profiles
+    from .profiles import load_profile as load_profile
+    from .runtime import OnnxBackend as OnnxBackend

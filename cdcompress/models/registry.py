@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelFormatError
-from .converters import student_architecture, teacher_architecture
-from .format import CDModel, load
+
+if TYPE_CHECKING:
+    from .format import CDModel
 
 _STUDENT = re.compile(r"^vgg19-x(0?\.\d+|1(\.0+)?)$")
 BUILTIN_HELP = "built-ins: vgg19 (teacher), vgg19-x<ratio> (e.g. vgg19-x0.25, per-level students)"
@@ -25,6 +27,9 @@ def is_builtin(ref: str) -> bool:
 
 def resolve_model(ref: str | Path, device: str = "cpu") -> tuple[CDModel, Path | None]:
     """Return the model and, for a directory, its path (for on-disk sizes)."""
+    from .converters import student_architecture, teacher_architecture
+    from .format import load
+
     path = Path(ref)
     if path.exists():
         return load(path, device=device), path

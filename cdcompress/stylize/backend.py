@@ -16,6 +16,7 @@ from ..device import resolve_device
 from ..errors import CDCompressError
 from ..models.format import CDModel
 from ..models.vgg import fused_inference
+from .settings import PRECISION_NAMES
 
 
 @runtime_checkable
@@ -34,8 +35,8 @@ class Backend(Protocol):
     def decode(self, level: int, features: torch.Tensor) -> torch.Tensor: ...
 
 
-#: Inference precisions: the networks' dtype (statistics and WCT maps stay float32/float64).
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Inference precisions (names in :data:`~cdcompress.stylize.settings.PRECISION_NAMES`): the networks' dtype.
+PRECISIONS: dict[str, torch.dtype] = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 class TorchBackend:

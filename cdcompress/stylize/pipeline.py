@@ -46,6 +46,7 @@ from .canvas import (
     to_hwc,
     to_nchw,
 )
+from .settings import DEFAULT_LEVELS, METHODS
 from .tiling import (
     DEFAULT_MAX_MEMORY,
     MEMORY_HEADROOM,
@@ -65,8 +66,6 @@ from .tiling import (
 from .wct import EIG_FLOOR, AffineMap, FeatureStats, wct_map
 
 Method = Literal["wct", "adain"]
-METHODS: tuple[str, ...] = ("wct", "adain")
-DEFAULT_LEVELS: dict[str, tuple[int, ...]] = {"wct": (5, 4, 3, 2, 1), "adain": (4,)}
 #: Grid panels are box-downscaled by an integer factor to at most this height.
 GRID_MAX_HEIGHT = 2048
 #: Features are cached between passes when they take at most this many bytes per image pixel
