@@ -24,7 +24,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Largest image decoded, in pixels (32768x32768, 3 GiB as 8-bit RGB): above it a file is refused.
 MAX_IMAGE_PIXELS = 1 << 30
 _GUARD_LOCK = threading.RLock()
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+#: What Pillow raises for a file it cannot decode (callers turn these into one-line ImageErrors).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _too_large(path: Path, size: tuple[int, int]) -> ImageError:
@@ -58,7 +59,7 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         try:
             try:
                 img = Image.open(path)
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 raise decode_error(path, exc) from None
             with img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -77,14 +78,14 @@ def load_image(path: str | Path, crop_multiple: int = 1) -> torch.Tensor:
     path = Path(path)
     with open_image(path) as img:
         try:
-            array = _to_rgb_array(ImageOps.exif_transpose(img))
-        except _DECODE_ERRORS as exc:
+            array = to_rgb_array(ImageOps.exif_transpose(img))
+        except DECODE_ERRORS as exc:
             raise decode_error(path, exc) from None
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
     return crop_to_multiple(tensor, crop_multiple, path)
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> float32 HxWx3 in [0, 1]; 16-bit data keeps its precision."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         data = np.asarray(img, dtype=np.float32)

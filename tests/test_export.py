@@ -171,6 +171,21 @@ def test_failed_parity_writes_nothing(tiny_model: Any, tmp_path: Path, monkeypat
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_torchlib_registry_reuse_still_reaches_torch() -> None:
+    """`reuse_torchlib_registry` patches private torch.onnx API (it halves export time). If torch moves it, the
+    patch silently does nothing: this test is where that shows."""
+    from torch.onnx._internal.exporter import _registration
+
+    from cdcompress.export.onnx import reuse_torchlib_registry
+
+    original = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    with reuse_torchlib_registry():
+        assert _registration.ONNXRegistry.__dict__["from_torchlib"] is not original
+        first = _registration.ONNXRegistry.from_torchlib()
+        assert _registration.ONNXRegistry.from_torchlib() is first  # built once, then reused
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is original
+
+
 def test_parity_metric_scales_only_large_outputs() -> None:
     small = ParityRow("dec1", (48, 80), (1, 16, 48, 80), 2e-4, 0.9, 1e-4)
     large = ParityRow("enc2", (48, 80), (1, 3, 48, 80), 2e-4, 150.0, 1e-4)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import CDCompressError
-from ..images import _DECODE_ERRORS, _to_rgb_array, decode_error, open_image
+from ..images import DECODE_ERRORS, decode_error, open_image, to_rgb_array
 
 #: Rows decoded, converted or encoded per step when streaming whole images.
 BAND_BYTES = 32 << 20
@@ -147,7 +147,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         width, height = img.size
         try:
             transposed = _header_orientation(img) in (5, 6, 7, 8)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise decode_error(path, exc) from None
     return (width, height) if transposed else (height, width)
 
@@ -165,13 +165,13 @@ def decode_to_canvas(path: str | Path, make_canvas: Callable[[tuple[int, int, in
                 img = ImageOps.exif_transpose(img)
             canvas = make_canvas((img.height, img.width, 3))
             if img.mode in ("I", "F"):  # 32-bit data: the [0, 1] scaling depends on the whole image
-                canvas.write(0, 0, _to_rgb_array(img))
+                canvas.write(0, 0, to_rgb_array(img))
                 return canvas
             rows = max(1, BAND_BYTES // (img.width * 12))
             for top in range(0, img.height, rows):
                 bottom = min(img.height, top + rows)
-                canvas.write(top, 0, _to_rgb_array(img.crop((0, top, img.width, bottom))))
-        except _DECODE_ERRORS as exc:
+                canvas.write(top, 0, to_rgb_array(img.crop((0, top, img.width, bottom))))
+        except DECODE_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # a scratch-disk problem, not the image's
             raise decode_error(path, exc) from None
