@@ -87,8 +87,35 @@ class FeatureTaps:
 
 
 def auto_taps(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """The last activation module before each spatial downsampling, in forward order."""
-    calls: list[tuple[str, bool, bool]] = []  # (name, is_activation, downsamples)
+    """The last activation module before each spatial downsampling, in forward order.
+
+    An activation module called more than once per forward (torchvision's ResNet blocks reuse one
+    ``relu``) is never chosen: a forward hook sees only its last call, which is not the feature
+    before the downsampling.
+    """
+    calls = _leaf_calls(model, example)
+    counts = {name: sum(1 for n, _, _ in calls if n == name) for name, _, _ in calls}
+    taps: list[str] = []
+    last_activation = None
+    for name, is_activation, shrinks in calls:
+        if is_activation:
+            last_activation = name if counts[name] == 1 else None
+        if shrinks and last_activation is not None and last_activation not in taps:
+            taps.append(last_activation)
+    return taps
+
+
+def call_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """How often each leaf module runs in one forward of ``example``."""
+    counts: dict[str, int] = {}
+    for name, _, _ in _leaf_calls(model, example):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _leaf_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, bool, bool]]:
+    """Every leaf-module call of one forward, in order: (name, is an activation, shrinks the spatial size)."""
+    calls: list[tuple[str, bool, bool]] = []
     handles = []
     for name, module in model.named_modules():
         if next(module.children(), None) is not None:
@@ -112,14 +139,7 @@ def auto_taps(model: nn.Module, example: torch.Tensor) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    taps: list[str] = []
-    last_activation = None
-    for name, is_activation, shrinks in calls:
-        if is_activation:
-            last_activation = name
-        if shrinks and last_activation is not None and last_activation not in taps:
-            taps.append(last_activation)
-    return taps
+    return calls
 
 
 # --------------------------------------------------------------------------- encoder outputs

@@ -12,6 +12,7 @@ from zoo import ResNetDecoder, ResNetEncoder, TokenDecoder, TokenEncoder, UNetDe
 
 from cdcompress.data import Batch, CropSampler, skimage_photos
 from cdcompress.distill import TrainConfig, apply
+from cdcompress.errors import CDCompressError
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
 from cdcompress.modules import count_parameters
 from cdcompress.slim import Slimming, SlimmingError, slim_pair
@@ -281,3 +282,32 @@ def test_the_collaborator_term_drives_the_student() -> None:
     feature_kd = apply(teacher, collaborator, slim=0.5, beta=1.0, objective="feature-kd", taps=None)
     feature_kd.fit(batches, config)
     assert not torch.allclose(only_collaborator.student.conv11.weight, feature_kd.student.conv11.weight, atol=1e-4)
+
+
+class _SharedReluEncoder(nn.Module):
+    """Like torchvision's BasicBlock: one ReLU module runs twice, then a stride-2 conv downsamples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.act = nn.ReLU()
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.pool(self.act(self.conv3(self.down(x))))
+
+
+def test_shared_activation_modules_are_not_tapped() -> None:
+    """A hook on a module that runs twice sees only its last call: auto taps skip it, explicit taps are refused."""
+    from cdcompress.embed import auto_taps
+
+    encoder, example = _SharedReluEncoder(), torch.rand(1, 3, 32, 32)
+    assert auto_taps(encoder, example) == ["act"]  # not the shared "relu" before the stride-2 conv
+    decoder = nn.Sequential(nn.Upsample(scale_factor=4.0), nn.Conv2d(16, 3, 3, padding=1))
+    with pytest.raises(CDCompressError, match=r"run more than once per forward"):
+        apply(encoder, decoder, slim=0.5, taps=["relu"], example_inputs=(example,))
+    assert apply(encoder, decoder, slim=0.5, taps=["act"], example_inputs=(example,)).features[0] == "act"

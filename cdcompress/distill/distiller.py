@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, as_batch
-from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, channels_of, flatten_outputs, is_token_feature
+from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, call_counts, channels_of, flatten_outputs, is_token_feature
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
 from ..modules import EncoderDecoderPair, freeze, reinitialize
@@ -314,6 +314,11 @@ def _resolve_taps(teacher: nn.Module, taps: str | Sequence[str] | None, example:
     unknown = [t for t in taps if t not in modules and not t.startswith(OUTPUT)]
     if unknown:
         raise CDCompressError(f"unknown tap(s) {unknown}; taps name submodules of the encoder (see named_modules())")
+    counts = call_counts(teacher, example)
+    shared = {t: counts[t] for t in taps if counts.get(t, 0) > 1}
+    if shared:
+        raise CDCompressError(f"tap(s) {shared} run more than once per forward (a shared module, e.g. a block's one "
+                              "ReLU); a hook would see only the last call: tap a module that runs once")
     return [t for t in taps if not t.startswith(OUTPUT)]
 
 
