@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.cost import CostReport, PairedTiming, cost_report, format_cost_table, measure_pairs
+from cdcompress.measure import CostReport, PairedTiming, cost_report, format_cost_table, measure_pairs
 from cdcompress.models import convert_cd_release, save
 from cdcompress.stylize.tiling import parse_memory
 

@@ -11,21 +11,20 @@ import torch
 from click.testing import CliRunner
 
 from cdcompress.cli import main
-from cdcompress.cost import (
+from cdcompress.cost import count_macs, stylize_cost
+from cdcompress.errors import CDCompressError
+from cdcompress.evaluate import load_scaled, mean_style, style_evaluation
+from cdcompress.gram import evaluation_encoder, gram, gram_distance, style_distances
+from cdcompress.measure import (
     PairedTiming,
     RunMeasurement,
     _bisect_side,
-    count_macs,
     fit_linear,
     max_untiled_side,
     measure_pairs,
     measure_stylize,
     planned_max_sides,
-    stylize_cost,
 )
-from cdcompress.errors import CDCompressError
-from cdcompress.evaluate import load_scaled, mean_style, style_evaluation
-from cdcompress.gram import evaluation_encoder, gram, gram_distance, style_distances
 from cdcompress.models.registry import resolve_model
 from cdcompress.modules import count_parameters
 from cdcompress.stylize import stylize

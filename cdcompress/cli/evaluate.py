@@ -112,8 +112,8 @@ def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads:
     For an any-pair (module-family) model: teacher vs student parameters, MACs at --time-size and measured
     latency on PyTorch and onnxruntime in one interleaved run (median of --repeats rounds).
     With --runtimes: teacher vs student stylization time on each deployment runtime, in one interleaved run."""
-    from ..cost import cost_report, format_cost_table
     from ..errors import CDCompressError
+    from ..measure import cost_report, format_cost_table
     from ..stylize.tiling import parse_memory
 
     loaded, _ = resolve_model(model)
