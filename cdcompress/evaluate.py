@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import ImageError
 from .gram import content_distance, eval_levels, style_distances
-from .images import load_image
+from .images import IMAGE_SUFFIXES, list_images, load_image
 from .metrics import psnr, ssim
 from .models.format import CDModel
 
@@ -67,7 +67,6 @@ def format_recon_table(results: list[ReconResult]) -> str:
 
 #: Images are downscaled so their long side is at most this (stylization cost grows with pixels).
 DEFAULT_STYLE_MAX_SIDE = 512
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -88,7 +87,7 @@ def image_files(folder: str | Path, what: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{what} {folder}: no such directory; pass a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, recursive=False)
     if not files:
         raise ImageError(f"{what} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return files

@@ -133,13 +133,20 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
+def unit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> 8-bit, rounded to nearest (every PNG cdcompress writes goes through here)."""
+    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A ``[1, 3, H, W]`` / ``[3, H, W]`` tensor in [0, 1] as an 8-bit HxWx3 array."""
     if image.dim() == 4:
         image = image[0]
-    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return unit_to_uint8(image.detach().float().permute(1, 2, 0).cpu().numpy())
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files below ``folder`` (recursive), sorted for reproducibility."""
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files in ``folder`` (below it, with ``recursive``), sorted for reproducibility."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

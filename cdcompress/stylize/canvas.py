@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import CDCompressError
-from ..images import DECODE_ERRORS, decode_error, open_image, to_rgb_array
+from ..images import DECODE_ERRORS, decode_error, open_image, to_rgb_array, unit_to_uint8
 
 #: Rows decoded, converted or encoded per step when streaming whole images.
 BAND_BYTES = 32 << 20
@@ -247,11 +247,6 @@ def write_npy(path: str | Path, height: int, width: int, bands: Iterable[np.ndar
     return path
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> 8-bit, rounding like :func:`cdcompress.images.to_uint8`."""
-    return (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def canvas_bands(canvas: Canvas, rows_per_band: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """``(top, band)`` over the whole canvas, a bounded number of rows at a time."""
     height, width, channels = canvas.shape
@@ -265,7 +260,7 @@ def save_output(path: str | Path, height: int, width: int, bands: Iterable[np.nd
     suffix = Path(path).suffix.lower()
     if suffix == ".png":
         level = PNG_LEVEL if height * width <= PNG_FAST_PIXELS else 1
-        return write_png(path, height, width, (to_uint8(b) for b in bands), level)
+        return write_png(path, height, width, (unit_to_uint8(b) for b in bands), level)
     if suffix == ".npy":
         return write_npy(path, height, width, bands)
     raise CDCompressError(f"{path}: outputs are written as .png (or .npy for float32 values); change the suffix")
