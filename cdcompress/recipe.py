@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .distill.settings import AMP_MODES, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
 from .errors import CDCompressError
 from .registry import RegistryError
 
@@ -163,16 +164,16 @@ class StageSpec(_Strict):
     epochs: float | None = Field(None, gt=0)
     batch: int = Field(16, gt=0)
     lr: float = Field(1e-4, gt=0)
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal[SCHEDULES] = "constant"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(0.0, ge=0)
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    amp: Literal[AMP_MODES] = "off"
     channels_last: bool = False
     lambda_p: float | None = Field(None, ge=0)
     accumulate: int = Field(1, ge=1)
-    sync_batchnorm: Literal["auto", "on", "off"] = "auto"
+    sync_batchnorm: Literal[SYNC_BATCHNORM] = "auto"
 
     @field_validator("sync_batchnorm", mode="before")
     @classmethod

@@ -128,7 +128,6 @@ IMPORTANCES.register("l1")(lambda seed=0: FilterNorm(1))
 IMPORTANCES.register("l2")(lambda seed=0: FilterNorm(2))
 IMPORTANCES.register("taylor")(lambda seed=0: TaylorImportance())
 IMPORTANCES.register("random")(lambda seed=0: RandomImportance(seed))
-IMPORTANCE_CRITERIA = tuple(IMPORTANCES.names())
 
 
 def resolve_importance(importance: str | Mapping[str, Any] | ScoreFn, seed: int = 0) -> ScoreFn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +78,15 @@ def data_paths(entries: list[str], scratch: Path) -> list[Path]:
 
 
 def stage_config(recipe: Recipe, stage: StageSpec, n_images: int) -> TrainConfig:
-    steps = stage.steps or max(1, math.ceil(stage.epochs * n_images / stage.batch))
+    """The trainer's settings for ``stage``: every field the recipe's stage shares with :class:`TrainConfig` by
+    name, the step count (``epochs`` converted), and the run-wide output, data and device settings."""
+    shared = {f.name for f in fields(TrainConfig)} & set(StageSpec.model_fields)
     out = recipe.output
     return TrainConfig(
-        steps=steps, lr=stage.lr, optimizer=stage.optimizer, weight_decay=stage.weight_decay,
-        schedule=stage.schedule, warmup_steps=stage.warmup_steps, grad_clip=stage.grad_clip, amp=stage.amp,
-        channels_last=stage.channels_last, checkpoint_every=out.checkpoint_every, log_every=out.log_every,
-        sample_every=out.sample_every, eval_every=out.eval_every, workers=recipe.data.workers, device=recipe.device,
-        accumulate=stage.accumulate, sync_batchnorm=stage.sync_batchnorm,
+        **stage.model_dump(include=shared - {"steps"}),
+        steps=stage.steps or max(1, math.ceil(stage.epochs * n_images / stage.batch)),
+        checkpoint_every=out.checkpoint_every, log_every=out.log_every, sample_every=out.sample_every,
+        eval_every=out.eval_every, workers=recipe.data.workers, device=recipe.device,
     )
 
 

@@ -31,13 +31,10 @@ from ..errors import CDCompressError
 from ..images import save_image
 from ..losses import detach_terms
 from ..metrics import psnr
+from .settings import AMP_MODES, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("off", "bf16", "fp16")
-SYNC_BATCHNORM = ("auto", "on", "off")
 
 
 class TrainingError(CDCompressError):
