@@ -12,7 +12,7 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ARCHITECTURES": ".models.unet",  # the registry, with the built-in U-Net registered
+    "ARCHITECTURES": ".registry",
     "Batch": ".data",
     "CDCompressError": ".errors",
     "CDModel": ".models.format",

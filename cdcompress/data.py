@@ -296,7 +296,7 @@ class _Steps(Dataset):
         return self.sampler.shard(self.steps[i], self.rank, self.world)
 
 
-DATA_SOURCES: Registry[Any] = Registry("data source")
+DATA_SOURCES: Registry[Any] = Registry("data source", builtins=("cdcompress.denoise",))
 """``name -> factory(paths, batch_size, resize, crop, seed, **kwargs) -> training data`` for recipes:
 a sampler, an iterable of batches or a factory of one (see :func:`batches`)."""
 

@@ -32,7 +32,7 @@ def init_from_env(device: str = "cpu") -> None:
         return
     backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
     # Keys of a restarted worker group must not meet those its killed predecessor left in torchrun's store: gloo
     # otherwise reads a dead peer's address and fails to connect (seen under load). One prefix per attempt.
     store, process_rank, world = next(dist.rendezvous("env://"))

@@ -8,15 +8,19 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from .cost import COST_STYLE_SIZE, SIDE_ALIGN, StylizeCost, stylize_cost
 from .errors import CDCompressError
 from .models.format import CDModel
+
+K = TypeVar("K")
 
 
 @dataclass
@@ -327,3 +331,29 @@ def format_cost_table(reports: list[CostReport]) -> str:
     lines += [f"| {k} | " + " | ".join(t.get(k, "-") for t in tables) + " |" for k in keys]
     notes = dict.fromkeys(f"{m.mode}: {m.method}" for r in reports for m in r.max_sides)
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def interleaved(runners: Mapping[K, Callable[[], object]], repeats: int,
+                progress: Callable[[str], None] | None = None) -> dict[K, list[float]]:
+    """Seconds of every runner in each of ``repeats`` rounds, after one warm-up call each.
+
+    Every round runs every runner once, so a machine that slows down mid-run slows them all alike;
+    GPU work is synchronised inside each timing."""
+    for run in runners.values():
+        run()  # warm-up: sessions, oneDNN primitive caches, cuDNN autotuning
+    times: dict[K, list[float]] = {key: [] for key in runners}
+    for round_index in range(repeats):
+        if progress:
+            progress(f"round {round_index + 1}/{repeats}")
+        for key, run in runners.items():
+            _synchronize()
+            began = time.perf_counter()
+            run()
+            _synchronize()
+            times[key].append(time.perf_counter() - began)
+    return times
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

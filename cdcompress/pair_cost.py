@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .cost import count_macs
+from .measure import interleaved
 from .models.format import CDModel
 from .models.pair import MODULE_FAMILY, rebuild
 from .modules import EncoderDecoderPair, count_parameters
@@ -90,24 +90,11 @@ def _compare(teacher: CDModel, student: CDModel, size: tuple[int, int], repeats:
         if onnx:
             for name, m in models.items():
                 runners[name]["onnxruntime"] = _onnx_runner(m, Path(scratch), name, threads)
-        times = _interleaved(runners, image, repeats)
+        times = interleaved({(name, runtime): (lambda run=run: run(image)) for name, by_runtime in runners.items()
+                             for runtime, run in by_runtime.items()}, repeats)
     for (name, runtime), seconds in times.items():
         rows[name].seconds[runtime] = statistics.median(seconds)
     return [rows["teacher"], rows["student"]]
-
-
-def _interleaved(runners: dict[str, dict[str, Callable[[torch.Tensor], object]]], image: torch.Tensor,
-                 repeats: int) -> dict[tuple[str, str], list[float]]:
-    times: dict[tuple[str, str], list[float]] = {}
-    for run in (r for by_runtime in runners.values() for r in by_runtime.values()):
-        run(image)  # warm-up: allocator, oneDNN primitive cache, ORT session initialisation
-    for _ in range(repeats):
-        for name, by_runtime in runners.items():
-            for runtime, run in by_runtime.items():
-                began = time.perf_counter()
-                run(image)
-                times.setdefault((name, runtime), []).append(time.perf_counter() - began)
-    return times
 
 
 def format_pair_cost(rows: list[PairCost], size: tuple[int, int]) -> str:

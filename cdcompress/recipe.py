@@ -147,7 +147,7 @@ class DataSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source_registered(cls, value: PluginRef) -> PluginRef:
-        from .denoise import DATA_SOURCES  # the registry, with the built-in noisy-pairs source registered
+        from .data import DATA_SOURCES
 
         return _registered(DATA_SOURCES, value)
 

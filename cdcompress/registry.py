@@ -28,17 +28,29 @@ class RegistryError(CDCompressError):
 
 
 class Registry(Generic[T]):
-    """``name -> factory`` for one plug-in axis, filled by the :meth:`register` decorator."""
+    """``name -> factory`` for one plug-in axis, filled by the :meth:`register` decorator.
 
-    def __init__(self, axis: str) -> None:
+    ``builtins`` names the modules that register this axis's built-in entries; they are imported on
+    the first lookup, so a package can load lazily and still find them, wherever the lookup happens.
+    """
+
+    def __init__(self, axis: str, builtins: tuple[str, ...] = ()) -> None:
         self.axis = axis
-        self._entries: dict[str, T] = {}
+        self._builtins = builtins
+        self._entries_: dict[str, T] = {}
+
+    @property
+    def _entries(self) -> dict[str, T]:
+        while self._builtins:  # each provider registers into _entries_ as it is imported
+            module, self._builtins = self._builtins[0], self._builtins[1:]
+            importlib.import_module(module)
+        return self._entries_
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
-            if name in self._entries and not _same_definition(self._entries[name], obj):
+            if name in self._entries_ and not _same_definition(self._entries_[name], obj):
                 raise RegistryError(f"{self.axis} {name!r} is already registered; pick another name")
-            self._entries[name] = obj
+            self._entries_[name] = obj
             return obj
 
         return decorate
@@ -168,5 +180,5 @@ class ArchitectureRegistry(Registry[Callable[..., Any]]):
         return decorate
 
 
-ARCHITECTURES = ArchitectureRegistry("architecture")
+ARCHITECTURES = ArchitectureRegistry("architecture", builtins=("cdcompress.models.unet",))
 """``name -> factory(**kwargs) -> nn.Module`` of the *teacher's* shapes; a model file may name one."""

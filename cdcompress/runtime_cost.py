@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CDCompressError
+from .measure import interleaved
 from .models.format import CDModel
 
 #: Runtime name -> what it is, for the table and ``--help``.
@@ -111,34 +111,12 @@ def compare_runtimes(models: dict[str, CDModel], levels: Sequence[int], size: in
                     notes += [note] if note else []
                     runners[runtime, name] = lambda b=backend: stylize(b, content, style, levels=list(levels), tile=0)
                 rows[runtime].note = "; ".join(notes)
-            times = _interleaved(runners, repeats, progress)
+            times = interleaved(runners, repeats, progress)
     finally:
         torch.set_num_threads(previous)
     for (runtime, name), seconds in times.items():
         rows[runtime].seconds[name] = statistics.median(seconds)
     return [rows[r] for r in runtimes]
-
-
-def _interleaved(runners: dict[tuple[str, str], Callable[[], object]], repeats: int,
-                 progress: Callable[[str], None] | None) -> dict[tuple[str, str], list[float]]:
-    for run in runners.values():
-        run()  # warm-up: sessions, oneDNN primitive caches, cuDNN autotuning
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-    for round_index in range(repeats):
-        if progress:
-            progress(f"round {round_index + 1}/{repeats}")
-        for key, run in runners.items():
-            _synchronize()
-            began = time.perf_counter()
-            run()
-            _synchronize()
-            times[key].append(time.perf_counter() - began)
-    return times
-
-
-def _synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 def format_runtime_table(rows: list[RuntimeTiming], size: int, levels: Sequence[int]) -> str:

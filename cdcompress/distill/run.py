@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..data import CropSampler, image_paths, resize_shorter, skimage_photos
-from ..denoise import DATA_SOURCES  # the registry, with the built-in noisy-pairs source registered
+from ..data import DATA_SOURCES, CropSampler, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
 from ..embed import flatten_outputs
 from ..errors import CDCompressError

@@ -9,6 +9,7 @@ once per new input size; CPU otherwise. Sessions are created on first use of a l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,6 @@ def choose_providers(fixed_shape: bool, requested: Sequence[str] | None = None) 
     return [p for p in preferred if p in available]
 
 
-_SHARED_ARENA: list[bool] = []  # set once the process-wide CPU arena is registered
-
-
 def _share_cpu_arena(ort: Any, options: Any) -> None:
     """Make the session allocate from one process-wide CPU arena instead of an arena of its own.
 
@@ -48,11 +46,15 @@ def _share_cpu_arena(ort: Any, options: Any) -> None:
     session per graph, so a five-level cascade kept ten peaks: 5.1 GiB of RSS for the 16x students
     at 1024², against 1.6 GiB with the arena shared, at the same speed (measured 2026-12-01).
     """
-    if not _SHARED_ARENA:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # default arena settings
-        _SHARED_ARENA.append(True)
+    _register_cpu_arena(ort)
     options.add_session_config_entry("session.use_env_allocators", "1")
+
+
+@functools.cache
+def _register_cpu_arena(ort: Any) -> None:
+    """Register the process-wide CPU arena once (default arena settings)."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
 
 
 def make_session(path: str | Path, providers: Sequence[str] = (CPU,), threads: int | None = None) -> Any:

@@ -26,7 +26,6 @@ from torch import nn
 from ..errors import ModelFormatError
 from ..registry import ARCHITECTURE_TAG, ARCHITECTURES
 from ..slim import slim_pair
-from . import unet as _unet  # noqa: F401  (registers the built-in U-Net architectures)
 
 MODULE_FAMILY = "module"
 ROLES = ("encoder", "decoder")
