@@ -248,6 +248,19 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(photos: list[Path], tmp_pa
         trainer.fit()
 
 
+def test_accumulation_splits_the_batch_or_says_why(photos: list[Path]) -> None:
+    """accumulate: K takes K micro-batches per step (K forwards); a batch that does not split is one line."""
+    from cdcompress.distill import Trainer, TrainingError
+
+    task = _DivergingTask(nan_at=-1)
+    Trainer(task, CropSampler(photos, batch_size=4, resize=40, crop=32), TrainConfig(steps=3, accumulate=2)).fit()
+    assert task.calls == 3 * 2
+    odd = Trainer(_DivergingTask(nan_at=-1), CropSampler(photos, batch_size=4, resize=40, crop=32),
+                  TrainConfig(steps=1, accumulate=3))
+    with pytest.raises(TrainingError, match=r"4 samples per process do not split into accumulate: 3 micro-batches"):
+        odd.fit()
+
+
 def test_crafted_trainer_checkpoint_is_not_executed(photos: list[Path], tmp_path: Path) -> None:
     from cdcompress.distill import Trainer
 
