@@ -17,7 +17,7 @@ _EXPORTS = {
     "CDCompressError": ".errors",
     "CDModel": ".models.format",
     "Distiller": ".distill.distiller",
-    "ObjectiveContext": ".distill.distiller",
+    "ObjectiveContext": ".distill.objectives",
     "Slimming": ".slim",
     "TrainConfig": ".distill.trainer",
     "VGGDecoder": ".models.vgg",
@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # what static checkers see; at run time the names load on fir
     from . import export as export
     from .data import Batch as Batch
     from .distill.distiller import Distiller as Distiller
-    from .distill.distiller import ObjectiveContext as ObjectiveContext
     from .distill.distiller import apply as apply
+    from .distill.objectives import ObjectiveContext as ObjectiveContext
     from .distill.trainer import TrainConfig as TrainConfig
     from .errors import CDCompressError as CDCompressError
     from .models.format import CDModel as CDModel

@@ -13,21 +13,28 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
+
+from .modules import default_init
 
 
-def make_branch(student_channels: int, teacher_channels: int, tokens: bool = False) -> nn.Module:
-    """One embedding branch: 1x1 conv for NCHW maps, Linear for [B, N, C] tokens."""
+def make_branch(student_channels: int, teacher_channels: int, tokens: bool = False,
+                generator: torch.Generator | None = None) -> nn.Module:
+    """One embedding branch: 1x1 conv for NCHW maps, Linear for [B, N, C] tokens, initialised as torch would
+    but from ``generator`` (the global RNG when None)."""
     if tokens:
-        return nn.Linear(student_channels, teacher_channels)
-    return nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        return default_init(skip_init(nn.Linear, student_channels, teacher_channels), generator)
+    return default_init(skip_init(nn.Conv2d, student_channels, teacher_channels, kernel_size=1), generator)
 
 
 class EmbeddingBranches(nn.ModuleDict):
     """Named branches, one per feature tap: ``branches["relu3_1"](student_feature)``."""
 
-    def __init__(self, widths: Mapping[str, tuple[int, int]], tokens: Mapping[str, bool] | None = None) -> None:
+    def __init__(self, widths: Mapping[str, tuple[int, int]], tokens: Mapping[str, bool] | None = None,
+                 generator: torch.Generator | None = None) -> None:
         tokens = tokens or {}
-        super().__init__({tap: make_branch(cs, ct, tokens.get(tap, False)) for tap, (cs, ct) in widths.items()})
+        super().__init__({tap: make_branch(cs, ct, tokens.get(tap, False), generator)
+                          for tap, (cs, ct) in widths.items()})
 
     @property
     def widths(self) -> dict[str, tuple[int, int]]:

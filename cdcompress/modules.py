@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
+
+#: Layers whose default initialisation :func:`default_init` reproduces from a local generator.
+WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                   nn.Linear)
+#: Layers whose ``reset_parameters`` draws no random numbers (ones and zeros, cleared running statistics).
+UNRANDOM_RESETS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
+                   nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -20,15 +28,50 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def reinitialize(module: nn.Module) -> nn.Module:
-    """Fresh random weights in every layer that knows how to reset itself."""
+def default_init(layer: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """torch's own initialisation of a convolution or linear layer (Kaiming-uniform weight with a = sqrt(5),
+    bias uniform in ±1/sqrt(fan_in)), drawn from ``generator`` so seeding a model leaves torch's global RNG
+    alone. The draws are the ones ``reset_parameters`` makes, in the same order: the same seed, the same numbers."""
+    weight: torch.Tensor = layer.weight
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            fan_in = weight.shape[1] * weight[0][0].numel()  # in/groups x kernel (conv), in_features (linear)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(bias, -bound, bound, generator=generator)
+    return layer
+
+
+def reinitialize(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Fresh random weights in every layer that knows how to reset itself.
+
+    Convolutions and linear layers draw from ``generator`` (:func:`default_init`) and norms reset without
+    randomness; any other layer with its own ``reset_parameters`` (attention, say) resets under a forked RNG
+    seeded from ``generator``, so with a generator the caller's global RNG stream is never advanced."""
     for sub in module.modules():
-        if sub is not module and hasattr(sub, "reset_parameters"):
+        if sub is module:
+            continue
+        if isinstance(sub, WEIGHTED_LAYERS):
+            default_init(sub, generator)
+        elif isinstance(sub, UNRANDOM_RESETS):
             sub.reset_parameters()
+        elif hasattr(sub, "reset_parameters"):
+            _reset_from(sub, generator)
     hook = getattr(module, "reset_output_bias", None)
     if callable(hook):
         hook()
     return module
+
+
+def _reset_from(layer: Any, generator: torch.Generator | None) -> None:
+    if generator is None:
+        layer.reset_parameters()
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer.reset_parameters()
 
 
 class EncoderDecoderPair(nn.Module):

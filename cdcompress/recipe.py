@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .distill.settings import AMP_MODES, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
+from .distill.settings import AMP_MODES, DECODER_INITS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
 from .errors import CDCompressError
 from .registry import RegistryError
 
@@ -129,7 +129,7 @@ class ObjectiveSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind_registered(cls, value: str) -> str:
-        from .distill.distiller import OBJECTIVES
+        from .distill.objectives import OBJECTIVES
 
         return _registered(OBJECTIVES, value)
 
@@ -195,7 +195,7 @@ class StageSpec(_Strict):
 
 
 class DecoderStageSpec(StageSpec):
-    init: Literal["pruned", "folded", "random"] = "pruned"
+    init: Literal[DECODER_INITS] = "pruned"
 
 
 class StagesSpec(_Strict):

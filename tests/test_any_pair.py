@@ -258,3 +258,31 @@ def test_groupnorm_reduced_to_instance_norm_is_reported() -> None:
     assert any("encoder.enc1.1: GroupNorm(4) now has one channel per group" in w for w in quarter.slimmed.warnings)
     assert "warning: encoder.enc1.1" in quarter.slimmed.summary()
     assert cdcompress.apply(GNUNetEncoder(), GNUNetDecoder(), slim=0.5, taps=None).slimmed.warnings == []
+
+
+def test_apply_draws_from_its_own_generator_not_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apply(seed=)`` alone decides the student and branches: torch's global RNG is neither read nor advanced,
+    nor seeded and restored, also when the slimmed pair is re-initialised (BatchNorm included) with random
+    importance."""
+    torch.manual_seed(0)
+    encoder, decoder = ResNetEncoder(), ResNetDecoder()
+    slimming = cdcompress.Slimming(0.5, importance="random", init="random")
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        with monkeypatch.context() as patch:  # another thread's random stream would be disturbed by these
+            for name in ("manual_seed", "seed", "set_rng_state"):
+                patch.setattr(torch, name, _refuse)
+            patch.setattr(torch.random, "fork_rng", _refuse)
+            d = cdcompress.apply(encoder, decoder, slim=slimming, seed=7)
+        assert torch.equal(torch.get_rng_state(), before)
+        results.append({**d.student.state_dict(), **d.branches.state_dict()})
+    assert results[0].keys() == results[1].keys()
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    other = cdcompress.apply(encoder, decoder, slim=slimming, seed=8)
+    assert any(not torch.equal(v, other.branches.state_dict()[k]) for k, v in d.branches.state_dict().items())
+
+
+def _refuse(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("apply() touched torch's global RNG")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import cdcompress
+from cdcompress.distill.decoder import fold_output_branch
 from cdcompress.errors import CDCompressError
 from cdcompress.models import VGGDecoder, VGGEncoder, VGGSpec
 
@@ -26,7 +27,7 @@ def test_folded_first_conv_is_the_collaborators_on_embedded_features(level: int)
         for branch in d.branches.values():
             branch.weight.normal_(0, 0.3)
             branch.bias.normal_(0, 0.3)
-    decoder = d.fold_output_branch(copy.deepcopy(d.decoder_init))
+    decoder = fold_output_branch(d, copy.deepcopy(d.decoder_init))
     first = decoder.plan[0]
     kept = d.slimmed.kept.get(f"decoder.{first}", list(range(getattr(d.collaborator, first).out_channels)))
     image = torch.rand(2, 3, 32, 40)
@@ -78,3 +79,11 @@ def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> No
         ("distill", 0), ("distill", 2), ("distill", 4), ("distill", 5), ("decoder", 0), ("decoder", 3)]
     no_curve = d.fit(train, cdcompress.TrainConfig(steps=2, lr=1e-3), held_out=held_out)
     assert no_curve.curve == []  # eval_every 0: no evaluation cost
+
+
+def test_recipe_stages_cover_the_schema_in_order() -> None:
+    """Every stage a recipe can configure has a runner, run in the paper's order (collaborator, student, decoder)."""
+    from cdcompress.distill.stages import STAGES
+    from cdcompress.recipe import StagesSpec
+
+    assert [stage.key for stage in STAGES] == list(StagesSpec.model_fields) == ["collaborator", "distill", "decoder"]

@@ -18,7 +18,7 @@ PLUGINS = textwrap.dedent(
     import torch.nn.functional as F
 
     from cdcompress.data import DATA_SOURCES, CropSampler
-    from cdcompress.distill.distiller import OBJECTIVES
+    from cdcompress.distill.objectives import OBJECTIVES
     from cdcompress.distill.teachers import TEACHER_SOURCES
     from cdcompress.slim import IMPORTANCES
     from zoo import GNUNetDecoder, GNUNetEncoder

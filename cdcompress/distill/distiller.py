@@ -12,8 +12,7 @@ while teacher and collaborator stay frozen (and the caller's modules untouched: 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,86 +23,12 @@ from torch import nn
 from ..data import Batch, as_batch
 from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, call_counts, channels_of, flatten_outputs, is_token_feature
 from ..errors import CDCompressError
-from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms, total
-from ..modules import EncoderDecoderPair, freeze, reinitialize
-from ..registry import Registry, build, split_reference
+from ..losses import FeatureExtractor, total
+from ..modules import freeze, reinitialize
 from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
-from .stages import train_decoder
+from .decoder import train_student_decoder
+from .objectives import Objective, ObjectiveContext, resolve_objective
 from .trainer import TrainConfig, Trainer, TrainResult
-
-OBJECTIVES: Registry[Callable[..., Objective | None]] = Registry("objective")
-DECODER_INITS = ("pruned", "folded", "random")
-"""``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
-
-
-@dataclass
-class ObjectiveContext:
-    """What an objective sees: the batch (input and target), the student's embedded outputs (in the
-    encoder's output structure, ready for the collaborator), the frozen collaborator and teacher features
-    of the input."""
-
-    images: torch.Tensor
-    student_outputs: Any
-    teacher_features: dict[str, torch.Tensor]
-    collaborator: nn.Module
-    perceptual: FeatureExtractor
-    targets: torch.Tensor | None = None
-
-    @property
-    def target(self) -> torch.Tensor:
-        """What the collaborator should produce: the batch's target, or the input for autoencoding data."""
-        return self.images if self.targets is None else self.targets
-
-
-Objective = Callable[[ObjectiveContext], dict[str, torch.Tensor]]
-
-
-class ReconstructionObjective:
-    """The paper's WCT case: the collaborator must produce the target from Q·F' (pixel + λp·perceptual)."""
-
-    def __init__(self, lambda_p: float = 1.0, perceptual_taps: Sequence[str] | None = None) -> None:
-        self.lambda_p = lambda_p
-        self.perceptual_taps = None if perceptual_taps is None else list(perceptual_taps)
-
-    def __call__(self, ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
-        output = ctx.collaborator(ctx.student_outputs)
-        if ctx.targets is None:
-            targets = {t: ctx.teacher_features[t] for t in ctx.perceptual.taps}
-            return reconstruction_terms(output, ctx.images, ctx.perceptual, self.lambda_p, targets)
-        return reconstruction_terms(output, ctx.target, ctx.perceptual, self.lambda_p)
-
-
-class StyleTransferObjective:
-    """AdaIN: batches are [content; style]; the collaborator decodes AdaIN(Q·F'_c, Q·F'_s) and is
-    judged by content (to the AdaIN target) and style (feature mean/std) losses on teacher features."""
-
-    def __init__(self, lambda_s: float = 10.0, perceptual_taps: Sequence[str] | None = None) -> None:
-        self.lambda_s = lambda_s
-        self.perceptual_taps = None if perceptual_taps is None else list(perceptual_taps)
-
-    def __call__(self, ctx: ObjectiveContext) -> dict[str, torch.Tensor]:
-        if not isinstance(ctx.student_outputs, torch.Tensor):
-            raise CDCompressError("the style-transfer objective needs an encoder with a single feature-map output")
-        half = ctx.images.shape[0] // 2
-        content, style = ctx.student_outputs[:half], ctx.student_outputs[half:]
-        target = adain(content, style)
-        output = ctx.collaborator(target)
-        out_features = ctx.perceptual(output)
-        style_features = {t: f[half:] for t, f in ctx.teacher_features.items() if t in ctx.perceptual.taps}
-        return style_transfer_terms(out_features, target, style_features, OUTPUT, self.lambda_s)
-
-
-def reconstruction_objective(lambda_p: float) -> Objective:
-    return ReconstructionObjective(lambda_p)
-
-
-def style_transfer_objective(lambda_s: float) -> Objective:
-    return StyleTransferObjective(lambda_s)
-
-
-OBJECTIVES.register("reconstruction")(ReconstructionObjective)
-OBJECTIVES.register("style-transfer")(StyleTransferObjective)
-OBJECTIVES.register("feature-kd")(lambda **_: None)
 
 
 class Distiller:
@@ -209,45 +134,9 @@ class Distiller:
         name: str = "decoder",
         held_out: Sequence[torch.Tensor | Batch] = (),
     ) -> tuple[nn.Module, TrainResult]:
-        """Stage 3: a small decoder for the frozen student: the slimmed collaborator (``pruned``), the same with the
-        trained output branch Q folded into its first conv (``folded``, VGG pairs), or ``random``."""
-        if init not in DECODER_INITS:
-            raise CDCompressError(f"decoder init must be one of {', '.join(DECODER_INITS)}, got {init!r}")
-        decoder = copy.deepcopy(self.decoder_init)
-        if init == "random":
-            reinitialize(decoder)
-        elif init == "folded":
-            self.fold_output_branch(decoder)
-        for p in decoder.parameters():
-            p.requires_grad_(True)
-        reference = EncoderDecoderPair(self.teacher, self.collaborator)
-        result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher,
-                               self.perceptual.taps, lambda_p, run_dir, resume, reference, held_out)
-        return decoder, result
-
-    @torch.no_grad()
-    def fold_output_branch(self, decoder: nn.Module) -> nn.Module:
-        """Give ``decoder``'s first conv the collaborator's first conv composed with the output branch Q.
-
-        Stage 2 trained Q so that the collaborator decodes Q·F'; the slimmed decoder's first conv instead reads
-        F' directly through a slice of the collaborator's weights, which means nothing for the student's
-        features. Folding W·Q (and W·q_bias into the bias, exact under reflection padding) makes the first
-        layer's kept channels exactly the collaborator's on Q·F', so stage 3 starts from a working decoder."""
-        from ..models.vgg import VGGDecoder
-
-        if not (isinstance(decoder, VGGDecoder) and isinstance(self.collaborator, VGGDecoder)
-                and isinstance(self.template, str)):
-            raise CDCompressError("decoder init 'folded' needs a VGG encoder/decoder pair (one feature-map output); "
-                                  "use init 'pruned' for other pairs")
-        first = decoder.plan[0]
-        small, full = getattr(decoder, first), getattr(self.collaborator, first)
-        branch = self.branches[branch_key(self.template)]
-        kept = self.slimmed.kept.get(f"decoder.{first}", list(range(full.out_channels)))
-        weight = full.weight[kept]  # [out', C, k, k]
-        q = branch.weight[:, :, 0, 0]  # [C, C']
-        small.weight.copy_(torch.einsum("ocij,cd->odij", weight, q))
-        small.bias.copy_(full.bias[kept] + torch.einsum("ocij,c->o", weight, branch.bias))
-        return decoder
+        """Stage 3 for this student (:func:`cdcompress.distill.decoder.train_student_decoder`): a small decoder
+        started ``pruned``, ``folded`` or ``random``; returns it and its training result."""
+        return train_student_decoder(self, data, config, init, lambda_p, run_dir, resume, name, held_out)
 
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""
@@ -323,7 +212,7 @@ def _resolve_taps(teacher: nn.Module, taps: str | Sequence[str] | None, example:
 
 
 def _build_branches(
-    teacher: nn.Module, student: nn.Module, taps: list[str], example: torch.Tensor
+    teacher: nn.Module, student: nn.Module, taps: list[str], example: torch.Tensor, generator: torch.Generator
 ) -> tuple[EmbeddingBranches, list[str], Any]:
     """One branch per tap and per encoder output; an output that IS a tap's tensor shares its branch.
 
@@ -344,7 +233,7 @@ def _build_branches(
             t_feats[name], s_feats[name] = feature, s_outputs[name]
     widths = {branch_key(n): (channels_of(s_feats[n]), channels_of(t_feats[n])) for n in features}
     tokens = {branch_key(n): is_token_feature(t_feats[n]) for n in features}
-    return EmbeddingBranches(widths, tokens), features, _output_template(t_out_raw, sources)
+    return EmbeddingBranches(widths, tokens, generator), features, _output_template(t_out_raw, sources)
 
 
 def _is_vgg_pair(teacher: nn.Module, collaborator: nn.Module) -> bool:
@@ -375,12 +264,12 @@ def apply(
     ``perceptual_taps``) configure a named objective. ``taps``: submodule names that get embedding
     branches, ``"auto"`` (the last activation before each downsampling) or ``None``; every encoder
     output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
-    slimming and the branch initialisation (a :class:`~cdcompress.slim.Slimming` passed as ``slim`` keeps its own
-    seed for the importance criterion). The caller's
-    modules are copied, never changed, and torch's global RNG is left as it was.
+    slimming and the branch initialisation through a generator of its own (a :class:`~cdcompress.slim.Slimming`
+    passed as ``slim`` keeps its own seed for the importance criterion): torch's global RNG is neither read,
+    advanced nor reseeded. The caller's modules are copied, never changed.
     """
     slimming = Slimming.of(slim, seed)
-    chosen = _objective(objective, objective_options)
+    chosen = resolve_objective(objective, objective_options)
     teacher = freeze(copy.deepcopy(model).cpu())
     collab = freeze(copy.deepcopy(collaborator).cpu())
     if example_inputs is None:
@@ -397,28 +286,16 @@ def apply(
     if getattr(importance, "needs_gradients", False):
         def calibrate(pair: nn.Module) -> torch.Tensor:
             return F.mse_loss(pair(example), example)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep,
-                            slimming.seed, calibrate, slimming.round_to)
-        if slimming.init == "random":
-            reinitialize(slimmed.encoder)
-            reinitialize(slimmed.decoder)
-        for p in slimmed.encoder.parameters():
-            p.requires_grad_(True)
-        branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example)
+    slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep, slimming.seed,
+                        calibrate, slimming.round_to)
+    generator = torch.Generator().manual_seed(seed)  # the caller's global RNG is neither read nor advanced
+    if slimming.init == "random":
+        reinitialize(slimmed.encoder, generator)
+        reinitialize(slimmed.decoder, generator)
+    for p in slimmed.encoder.parameters():
+        p.requires_grad_(True)
+    branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example, generator)
     perceptual_taps = getattr(chosen, "perceptual_taps", None)
     return Distiller(teacher, collab, slimmed, branches, features, template,
                      features if perceptual_taps is None else perceptual_taps, chosen, beta,
                      tuple(int(d) for d in example.shape))
-
-
-def _objective(objective: str | Mapping[str, Any] | Objective | None, options: Mapping[str, Any]) -> Objective | None:
-    if objective is None:
-        return None
-    if callable(objective):
-        if options:
-            raise CDCompressError(f"objective options {sorted(options)} configure a named objective, not a callable")
-        return objective
-    name, kwargs = split_reference(objective)
-    return build(OBJECTIVES, {"name": name, "kwargs": {**kwargs, **options}})

@@ -67,21 +67,20 @@ def plan(recipe: Recipe, out_dir: Path) -> str:
 
 
 def _level_plan(run: RecipeRun, level: int) -> list[str]:
+    from .stages import CollaboratorStage, DistillStage, LevelState, fresh_decoder
     from .teachers import load_teacher
 
-    teacher = load_teacher(run.recipe.teacher, level)
-    lines = [f"## level {level}", "", f"teacher: {teacher.note}"]
+    state = LevelState(level, load_teacher(run.recipe.teacher, level))
+    lines = [f"## level {level}", "", f"teacher: {state.teacher.note}"]
     if run.recipe.collaborator.source == "teacher":
-        collaborator = run.collaborator(level, teacher)
-        run.check_collaborator(level, teacher, collaborator)
+        CollaboratorStage().run(run, state)  # the teacher's own decoder: nothing is trained, only measured
         measured = run.collaborator_psnr.get(level)
         lines.append("collaborator: the teacher's decoder, reconstruction "
                      + (f"{measured:.2f} dB on the eval images" if measured is not None else "not measured (no eval images)"))
     else:
-        from .run import fresh_decoder
-
-        collaborator = teacher.decoder if teacher.decoder is not None else fresh_decoder(teacher.encoder, level)
+        teacher = state.teacher
+        state.collaborator = teacher.decoder if teacher.decoder is not None else fresh_decoder(teacher.encoder, level)
         lines.append("collaborator: trained in stage 1")
-    distiller = run.prepare(level, teacher, collaborator)
+    distiller = DistillStage().prepare(run, state)
     lines += ["", distiller.slimmed.summary(), ""]
     return lines

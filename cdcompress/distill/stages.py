@@ -1,87 +1,236 @@
-"""Stage 1 (a collaborator decoder for a teacher) and stage 3 (a small decoder for the student).
+"""A recipe's three stages as small objects, run in order for each level.
 
-Both are decoder-training tasks against a frozen encoder with the reconstruction loss: pixel
-MSE + lambda_p * perceptual MSE on frozen-teacher features, between ``decoder(encoder(input))`` and
-the batch's target (the input itself for autoencoding data, the clean image for paired data).
+Each stage reads what the stages before it left in the level's :class:`LevelState` and adds its own
+product: stage 1 the collaborator (the teacher's own decoder, or one trained for it), stage 2 the
+distilled student (``apply`` + ``Distiller.fit``), stage 3 the student's decoder. The run
+(:class:`~cdcompress.distill.run.RecipeRun`) lends them the data, the held-out images, the timing and
+the notes, so a stage holds only its own decisions.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
-from pathlib import Path
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from ..data import Batch
-from ..losses import FeatureExtractor, reconstruction_terms, total
+from ..device import resolve_device
+from ..embed import flatten_outputs
+from ..errors import CDCompressError
+from ..metrics import psnr
+from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..modules import freeze
-from .trainer import TrainConfig, Trainer, TrainResult
+from ..recipe import Recipe, StageSpec, plugin_reference
+from ..registry import accepted
+from ..slim import Slimming
+from .decoder import train_decoder, train_student_decoder
+from .distiller import Distiller, apply
+from .objectives import OBJECTIVES
+from .teachers import Teacher
+
+if TYPE_CHECKING:
+    from .run import RecipeRun
+
+log = logging.getLogger(__name__)
 
 
-class DecoderTask:
-    """Train ``decoder`` so ``decoder(encoder(input))`` reproduces the target (encoder frozen)."""
+@dataclass
+class LevelState:
+    """One level's products, filled in stage by stage."""
 
-    def __init__(
-        self,
-        name: str,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        perceptual: FeatureExtractor | None,
-        lambda_p: float = 1.0,
-        reference: nn.Module | None = None,
-    ) -> None:
-        self.name = name
-        self.encoder = freeze(encoder)
-        self.decoder = decoder
-        self.perceptual = freeze(perceptual) if perceptual is not None else None
-        self.lambda_p = lambda_p
-        self.reference = reference  # optional teacher autoencoder shown in sample grids
+    level: int
+    teacher: Teacher
+    collaborator: nn.Module | None = None
+    distiller: Distiller | None = None
+    decoder: nn.Module | None = None
 
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"decoder": self.decoder}
 
-    def set_train(self, mode: bool) -> None:
-        self.decoder.train(mode)
+class Stage(Protocol):
+    """One step of a recipe run; ``key`` names its settings (``recipe.stages.<key>``)."""
 
-    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    key: str
+
+    def run(self, run: RecipeRun, state: LevelState) -> None: ...
+
+
+class CollaboratorStage:
+    """Stage 1: the teacher's own decoder, or a decoder trained for the frozen teacher; then its quality check."""
+
+    key = "collaborator"
+
+    def run(self, run: RecipeRun, state: LevelState) -> None:
+        state.collaborator = self.collaborator(run, state)
+        self.check(run, state)
+
+    def collaborator(self, run: RecipeRun, state: LevelState) -> nn.Module:
+        recipe, teacher, level = run.recipe, state.teacher, state.level
+        if recipe.collaborator.source == "teacher":
+            if teacher.decoder is None:
+                raise CDCompressError(
+                    f"recipe {recipe.name}: the teacher has no decoder for level {level}; "
+                    "set collaborator.source: train (stage 1) or use a teacher model with decoders"
+                )
+            return teacher.decoder
+        stage = recipe.stages.collaborator
+        if not stage.enabled:
+            raise CDCompressError(f"recipe {recipe.name}: collaborator.source is train but stages.collaborator is disabled")
+        decoder = teacher.decoder if teacher.decoder is not None else fresh_decoder(teacher.encoder, level)
+        name = f"collaborator_L{level}"
+        with run.timed(name):
+            train_decoder(name, teacher.encoder, decoder, run.sampler(run.train_paths, stage.batch, 1), run.config(stage),
+                          teacher.encoder, perceptual_taps(recipe, teacher.encoder, level), stage_lambda(stage, recipe),
+                          run.run_dir, run.resume, held_out=run.curve_images())
+        return freeze(decoder)
+
+    def check(self, run: RecipeRun, state: LevelState) -> None:
+        """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
+        recipe, level = run.recipe, state.level
+        floor = recipe.collaborator.min_psnr
+        images = run.held_out_images()
+        if not floor or not images or state.collaborator is None:
+            return
+        device = resolve_device(recipe.device)
+        encoder, decoder = state.teacher.encoder.to(device).eval(), state.collaborator.to(device).eval()
         with torch.no_grad():
-            features = self.encoder(batch.input)
-        output = self.decoder(features)
-        terms = reconstruction_terms(output, batch.target, self.perceptual, self.lambda_p)
-        terms["total"] = total(terms)
-        return terms
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(images))
-
-    def samples(self, batch: Batch) -> list[torch.Tensor]:
-        views = [batch.input]
-        if self.reference is not None:
-            views.append(self.reference(batch.input))
-        views.append(self.decoder(self.encoder(batch.input)))
-        return [*views, batch.target] if batch.paired else views
+            scores = [psnr(decoder(encoder(x.to(device))).clamp(0, 1), x.to(device)) for _, x in images]
+        measured = sum(scores) / len(scores)
+        run.collaborator_psnr[level] = measured
+        if measured >= floor:
+            return
+        message = (f"level {level}: the collaborator reconstructs the eval images at {measured:.2f} dB, below "
+                   f"collaborator.min_psnr {floor:g} dB: it is not a trained decoder for this encoder")
+        if recipe.collaborator.source == "teacher":
+            raise CDCompressError(f"recipe {recipe.name}: {message}; use a teacher with trained decoders (e.g. "
+                                  "`cdcompress weights download wct-vgg19`) or --set collaborator.min_psnr=0 to go on")
+        run.note(message, warn=True)
 
 
-def train_decoder(
-    name: str,
-    encoder: nn.Module,
-    decoder: nn.Module,
-    data: object,
-    config: TrainConfig,
-    perceptual_net: nn.Module | None = None,
-    perceptual_taps: Sequence[str] = (),
-    lambda_p: float = 1.0,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    reference: nn.Module | None = None,
-    held_out: Sequence[torch.Tensor | Batch] = (),
-) -> TrainResult:
-    """Stage 1 (encoder = teacher) or stage 3 (encoder = student): fit ``decoder`` in place."""
-    device = torch.device(config.device)
-    perceptual = None
-    if perceptual_net is not None and perceptual_taps and lambda_p > 0:
-        perceptual = FeatureExtractor(freeze(copy.deepcopy(perceptual_net)).to(device), perceptual_taps)
-    task = DecoderTask(name, encoder.to(device), decoder.to(device), perceptual, lambda_p, reference)
-    return Trainer(task, data, config, run_dir, held_out).fit(resume=resume)
+class DistillStage:
+    """Stage 2: slim the teacher (``apply``) and train student + branches through the frozen collaborator."""
+
+    key = "distill"
+
+    def run(self, run: RecipeRun, state: LevelState) -> None:
+        recipe, level = run.recipe, state.level
+        note_pruned_teacher(run, state)
+        distiller = state.distiller = self.prepare(run, state)
+        distiller.name = f"distill_L{level}"
+        stage = recipe.stages.distill
+        if not stage.enabled:
+            run.note(f"level {level}: stage 2 disabled, the student is the pruned teacher (prune-only baseline)")
+            return
+        sampler: Any = run.sampler(run.train_paths, stage.batch, 2)
+        if recipe.objective.kind == "style-transfer":
+            sampler = PairedSampler(sampler, run.sampler(run.style_paths, stage.batch, 3))
+        with run.timed(distiller.name):
+            distiller.fit(sampler, run.config(stage), run.run_dir, run.resume, held_out=run.curve_images())
+
+    def prepare(self, run: RecipeRun, state: LevelState) -> Distiller:
+        """``apply()`` with the recipe's student, embedding and objective settings (no training yet)."""
+        recipe, encoder, level = run.recipe, state.teacher.encoder, state.level
+        if state.collaborator is None:
+            raise CDCompressError("stage 2 needs a collaborator: run the collaborator stage first")
+        student = recipe.student
+        width: Any = student.width
+        if level in student.level_width:
+            base = {"*": width} if not isinstance(width, dict) else dict(width)
+            width = {**base, **student.level_width[level]}
+        slimming = Slimming(width, plugin_reference(student.importance), student.round_to, student.keep, student.init,
+                            recipe.seed)
+        objective = recipe.objective
+        standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
+                    "perceptual_taps": perceptual_taps(recipe, encoder, level)}
+        options = {**accepted(OBJECTIVES.get(objective.kind), standard), **objective.kwargs}
+        example = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed))
+        return apply(encoder, state.collaborator, slim=slimming, objective=objective.kind,
+                     taps=embedding_taps(recipe, encoder, level), beta=recipe.embed.beta, seed=recipe.seed,
+                     example_inputs=(example,), **options)
+
+
+class DecoderStage:
+    """Stage 3: the student's own small decoder (started pruned, folded or random), trained for deployment."""
+
+    key = "decoder"
+
+    def run(self, run: RecipeRun, state: LevelState) -> None:
+        recipe, level, distiller = run.recipe, state.level, state.distiller
+        stage = recipe.stages.decoder
+        if not stage.enabled:
+            raise CDCompressError(f"recipe {recipe.name}: stages.decoder must be enabled to deploy a student")
+        if distiller is None:
+            raise CDCompressError("stage 3 needs a student: run the distill stage first")
+        init = stage.init
+        if init == "folded" and not recipe.stages.distill.enabled:
+            init = "pruned"  # untrained branches: folding them in would scramble the decoder's first layer
+            run.note(f"level {level}: stage 2 disabled, so the stage-3 decoder starts pruned, not folded")
+        name = f"decoder_L{level}"
+        with run.timed(name):
+            decoder, _ = train_student_decoder(distiller, run.sampler(run.train_paths, stage.batch, 4), run.config(stage),
+                                               init, stage_lambda(stage, recipe), run.run_dir, run.resume, name=name,
+                                               held_out=run.curve_images())
+        state.decoder = freeze(decoder)
+
+
+#: What a recipe run does for each level, in order.
+STAGES: tuple[Stage, ...] = (CollaboratorStage(), DistillStage(), DecoderStage())
+
+
+class PairedSampler:
+    """[content; style] batches for the style-transfer objective (both deterministic per step)."""
+
+    def __init__(self, content: Any, style: Any) -> None:
+        self.content, self.style = content, style
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return self.shard(step, 0, 1)
+
+    def shard(self, step: int, rank: int, world: int) -> torch.Tensor:
+        return torch.cat([self.content.shard(step, rank, world), self.style.shard(step, rank, world)])
+
+
+def embedding_taps(recipe: Recipe, encoder: nn.Module, level: int) -> Any:
+    """The recipe's ``embed.taps`` for ``encoder``: a VGG level's own taps, ``auto``, none, or a list."""
+    taps = recipe.embed.taps
+    if taps == "level":
+        return level_taps(level) if isinstance(encoder, VGGEncoder) else "auto"
+    return None if taps == "none" else taps
+
+
+def perceptual_taps(recipe: Recipe, encoder: nn.Module, level: int) -> list[str]:
+    """Where the perceptual loss compares features: the recipe's choice, a VGG level's taps, or every output."""
+    chosen = recipe.objective.perceptual_taps
+    if chosen is not None:
+        return chosen
+    if isinstance(encoder, VGGEncoder):
+        return level_taps(level)
+    with torch.no_grad():  # every output of the encoder: "output", or "output_0".. for tuples of skips
+        return list(flatten_outputs(encoder(torch.rand(1, 3, 64, 64))))
+
+
+def stage_lambda(stage: StageSpec, recipe: Recipe) -> float:
+    """A decoder stage's perceptual weight: its own ``lambda_p``, else the objective's."""
+    return recipe.objective.lambda_p if stage.lambda_p is None else stage.lambda_p
+
+
+def note_pruned_teacher(run: RecipeRun, state: LevelState) -> None:
+    """A teacher narrower than VGG-19 is already a student: compressing it again compounds the loss."""
+    encoder = state.teacher.encoder
+    spec = getattr(encoder, "spec", None)
+    if not isinstance(encoder, VGGEncoder) or spec is None:
+        return
+    full = VGGSpec.vgg19(spec.level).widths
+    if spec.widths != full:
+        run.note(f"level {state.level}: the teacher is itself pruned (widths {list(spec.widths)}, VGG-19 has "
+                 f"{list(full)}); the student will be {run.recipe.student.width} of that", warn=True)
+
+
+def fresh_decoder(encoder: nn.Module, level: int) -> nn.Module:
+    """A stage-1 decoder mirroring a VGG teacher, with a linear RGB conv as the WCT decoders have: a final ReLU
+    can die early in training and leave a black decoder for good (measured on the offline demo at lr 3e-3)."""
+    if isinstance(encoder, VGGEncoder):
+        return VGGDecoder(replace(encoder.spec, output_relu=False))
+    raise CDCompressError(
+        "stage 1 can build a decoder only for VGG teachers; have the teacher import return (encoder, decoder)"
+    )
