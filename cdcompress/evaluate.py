@@ -11,13 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ImageError
+from .eval_settings import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE
 from .gram import content_distance, eval_levels, style_distances
 from .images import IMAGE_SUFFIXES, list_images, load_image
 from .metrics import psnr, ssim
 from .models.format import CDModel
-
-#: Crop inputs to multiples of the deepest VGG stride so every level sees the same pixels.
-DEFAULT_CROP_MULTIPLE = 16
 
 
 @dataclass
@@ -64,9 +62,6 @@ def format_recon_table(results: list[ReconResult]) -> str:
 
 
 # ----------------------------------------------------------------------------- style distance
-
-#: Images are downscaled so their long side is at most this (stylization cost grows with pixels).
-DEFAULT_STYLE_MAX_SIDE = 512
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..atomic import write_json
-from ..evaluate import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE, format_recon_table, reconstruction
+from ..eval_settings import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE
 from ..models.registry import resolve_model
 from .main import main
 from .options import parse_levels
@@ -37,6 +37,7 @@ _json_option = click.option("--json", "json_path", type=click.Path(dir_okay=Fals
 def recon(model: str, images: tuple[Path, ...], level: int | None, crop_multiple: int, json_path: Path | None) -> None:
     """Encoder -> decoder reconstruction PSNR and SSIM per image for MODEL at --level."""
     from ..errors import CDCompressError
+    from ..evaluate import format_recon_table, reconstruction
 
     loaded, _ = resolve_model(model)
     if level is None:

@@ -7,10 +7,7 @@ from pathlib import Path
 import click
 
 from ..atomic import write_json
-from ..cost import format_table, model_costs
-from ..models.converters import RELEASE_VARIANTS, convert_cd_release, convert_torchvision, convert_wct_pytorch
-from ..models.format import save
-from ..models.registry import BUILTIN_HELP, resolve_model
+from ..models.registry import BUILTIN_HELP, RELEASE_VARIANTS, resolve_model
 from .main import main
 from .options import parse_levels
 
@@ -26,6 +23,8 @@ def inspect(model: str, size: tuple[int, int], json_path: Path | None) -> None:
     MODEL is a model directory or a built-in architecture (no weights needed):
     vgg19 (teacher) or vgg19-x<ratio> (per-level students, e.g. vgg19-x0.25).
     """
+    from ..cost import format_table, model_costs
+
     loaded, model_dir = resolve_model(model)
     rows = model_costs(loaded, tuple(size), model_dir)
     name = loaded.meta.get("name", model)
@@ -57,6 +56,9 @@ inspect.help = (inspect.help or "") + f"\n\n{BUILTIN_HELP}"
 def convert(source: str, src: Path, out: Path, variant: str, levels: str, decoders: Path | None,
             decoder_pattern: str, padding: str, force: bool) -> None:
     """Convert external weights SRC into a cdcompress model directory (safetensors + model.json)."""
+    from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch
+    from ..models.format import save
+
     if source == "cd-release":
         pattern = decoder_pattern if decoder_pattern != "d{k}.pth" else None
         model = convert_cd_release(src, variant, parse_levels(levels), decoder_pattern=pattern)

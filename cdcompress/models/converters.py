@@ -29,16 +29,11 @@ from ..embed import EmbeddingBranches
 from ..errors import CheckpointError
 from .checkpoint import load_weights, read_state_dict
 from .format import CDModel, sha256_file
+from .registry import RELEASE_VARIANTS
 from .vgg import LEVELS, VGGDecoder, VGGEncoder, VGGSpec, conv_names
 
 _CONV_KEY = re.compile(r"^conv(\d)(\d)\.weight$")
 _AUX_KEY = re.compile(r"^conv(\d)(\d)_aux\.weight$")
-
-#: Released file names per variant: (encoder pattern, decoder pattern).
-RELEASE_VARIANTS: dict[str, tuple[str, str]] = {
-    "student": ("se{k}.pth", "sd{k}.pth"),
-    "base": ("e{k}_base.pth", "d{k}_base.pth"),
-}
 
 #: torchvision ``vgg19().features`` indices of conv11 .. conv51.
 TORCHVISION_CONV_INDEX: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28)
