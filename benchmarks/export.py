@@ -42,7 +42,7 @@ class TimedBackend:
     def levels(self) -> list[int]:
         return self.inner.levels
 
-    def __getattr__(self, name: str) -> Any:  # encoder_spec / decoder_spec / model, for tiling
+    def __getattr__(self, name: str) -> Any:  # specs (for tiling), providers, ...
         return getattr(self.inner, name)
 
     def encode(self, level: int, image: torch.Tensor) -> torch.Tensor:

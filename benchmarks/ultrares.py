@@ -45,21 +45,22 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from cdcompress import load, stylize
-    from cdcompress.stylize import pipeline
+    from cdcompress.images import image_size
+    from cdcompress.stylize import as_backend, make_job, plan_tiling
 
     torch.set_num_threads(args.threads)
     model = load(args.model)
     levels = tuple(int(k) for k in args.levels.split(","))
     tile: int | None = 0 if args.tile == "0" else None if args.tile == "auto" else int(args.tile)
-    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0)
-    size = pipeline.image_size(args.content)
-    if tile is None and pipeline.plan_tiling(job, *size, (512, 512), None, args.max_memory, None) is None:
+    job = make_job(as_backend(model), "wct", levels, 1.0)
+    size = image_size(args.content)
+    if tile is None and plan_tiling(job, *size, (512, 512), None, args.max_memory, None) is None:
         # The budget fits this image untiled; force tiles of the size the budget gives huge images.
-        plan = pipeline.plan_tiling(job, 16384, 16384, (512, 512), None, args.max_memory, None)
+        plan = plan_tiling(job, 16384, 16384, (512, 512), None, args.max_memory, None)
         assert plan is not None
         tile = min(plan.tiles.values())
     cache = None if args.cache == "auto" else args.cache == "on"
-    plan = pipeline.plan_tiling(job, *size, (512, 512), tile, args.max_memory, cache)
+    plan = plan_tiling(job, *size, (512, 512), tile, args.max_memory, cache)
     start = time.perf_counter()
     stylize(model, args.content, args.style, levels=levels, tile=tile, max_memory=args.max_memory, out=args.out,
             workdir=args.workdir, cache_features=cache)

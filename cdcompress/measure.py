@@ -232,22 +232,22 @@ def planned_max_sides(model: CDModel, levels: list[int], budget: int, *, limit: 
     """
     import shutil
 
-    from .stylize import pipeline
+    from .stylize import as_backend, make_job, plan_tiling, scratch_bytes, untiled_bytes
     from .stylize.tiling import resident_bytes
 
-    job = pipeline.make_job(pipeline.as_backend(model), "wct", levels, 1.0)
+    job = make_job(as_backend(model), "wct", levels, 1.0)
     style_hw = (COST_STYLE_SIZE, COST_STYLE_SIZE)
     free = shutil.disk_usage(workdir or tempfile.gettempdir()).free
 
     def untiled_fits(side: int) -> bool:
-        return resident_bytes() + pipeline.untiled_bytes(job, side, side, style_hw) <= budget
+        return resident_bytes() + untiled_bytes(job, side, side, style_hw) <= budget
 
     def tiled_fits(side: int) -> bool:
         try:
-            plan = pipeline.plan_tiling(job, side, side, style_hw, None, budget, None)
+            plan = plan_tiling(job, side, side, style_hw, None, budget, None)
         except CDCompressError:
             return False
-        return plan is None or pipeline.scratch_bytes(job, plan, side, side, True) <= free
+        return plan is None or scratch_bytes(job, plan, side, side, True) <= free
 
     untiled = MaxSide("untiled (pipeline estimate)", budget, _bisect_side(untiled_fits, limit),
                       "bisection on the pipeline's untiled estimate")

@@ -100,6 +100,7 @@ def test_onnx_backend_matches_pytorch_at_unseen_odd_sizes(tiny_bundle: Path, tin
     backend, reference = OnnxBackend(tiny_bundle), TorchBackend(tiny_model)
     assert isinstance(backend, Backend) and backend.levels == [1, 2] and backend.providers[-1] == "CPUExecutionProvider"
     assert backend.encoder_spec(2) == tiny_model.encoder(2).spec and backend.decoder_spec(1) == tiny_model.decoder(1).spec
+    assert backend.specs(2) == reference.specs(2) == (tiny_model.encoder(2).spec, tiny_model.decoder(2).spec)
     generator = torch.Generator().manual_seed(1)
     for h, w in ((36, 100), (50, 70), (64, 64)):
         image = torch.rand((1, 3, h, w), generator=generator)

@@ -2,9 +2,9 @@
 
 The test bodies are test_stylize.py's own (imported, so pytest runs them again with this module's fixtures):
 tiled == untiled for WCT and AdaIN with and without the feature cache, five levels from a file, alpha 0 == the
-autoencoder, colour preservation, PNG/grid outputs, auto tiling and the user errors. The model is a 1/4-width
-VGG-19 student with scale-preserving random weights (torch's default init collapses deep features to their
-biases); the photos are scikit-image's bundled ones.
+autoencoder, colour preservation, PNG/grid outputs, auto tiling, backends without geometry and the user errors.
+The model is a 1/4-width VGG-19 student with scale-preserving random weights (torch's default init collapses deep
+features to their biases); the photos are scikit-image's bundled ones.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from test_stylize import (  # noqa: F401  (collected here with the fixtures belo
     test_accumulated_statistics_equal_direct,
     test_alpha_zero_is_the_autoencoder,
     test_auto_tiling_from_budget,
+    test_backend_without_geometry_runs_untiled_only,
     test_errors_are_user_errors,
     test_full_cascade_tiled_from_file_equals_untiled,
     test_geometry_follows_the_architecture,

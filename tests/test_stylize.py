@@ -9,16 +9,27 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tqdm.auto import tqdm
 
 import cdcompress
 from cdcompress.cli import main
 from cdcompress.errors import CDCompressError, ModelFormatError
 from cdcompress.models import CDModel, load
-from cdcompress.stylize import FeatureStats, TorchBackend, stylize
-from cdcompress.stylize import pipeline as pl
+from cdcompress.stylize import (
+    Backend,
+    FeatureStats,
+    StylizeJob,
+    TorchBackend,
+    UntiledBackend,
+    make_job,
+    plan_tiling,
+    stylize,
+)
+from cdcompress.stylize import tiled as tiled_module
+from cdcompress.stylize import untiled as untiled_module
 from cdcompress.stylize import wct as wct_module
 from cdcompress.stylize.canvas import MemoryCanvas
-from cdcompress.stylize.tiling import backend_specs, level_geometry, plan_tiles
+from cdcompress.stylize.tiling import level_geometry, plan_tiles
 
 TOL = 1e-3
 
@@ -28,15 +39,15 @@ def model(released_model_dir: Path) -> CDModel:
     return load(released_model_dir)
 
 
-def _job(model: CDModel, levels: tuple[int, ...], method: str = "wct", alpha: float = 1.0) -> pl.StylizeJob:
-    return pl.make_job(TorchBackend(model), method, levels, alpha, 1e-5)
+def _job(model: CDModel, levels: tuple[int, ...], method: str = "wct", alpha: float = 1.0) -> StylizeJob:
+    return make_job(TorchBackend(model), method, levels, alpha, 1e-5)
 
 
 def test_geometry_follows_the_architecture(model: CDModel) -> None:
     backend = TorchBackend(model)
     expected = {1: (1, 2, 1), 2: (4, 8, 4), 3: (12, 24, 12), 4: (32, 64, 32), 5: (80, 160, 80)}
     for level, (stats, chain, dec) in expected.items():
-        geo = level_geometry(*backend_specs(backend, level))
+        geo = level_geometry(*backend.specs(level))
         assert (geo.stats_halo, geo.chain_halo, geo.decoder_halo) == (stats, chain, dec)
         assert geo.stride == 2 ** (level - 1)
     teacher = cdcompress.models.teacher_architecture(levels=(5,))
@@ -46,12 +57,12 @@ def test_geometry_follows_the_architecture(model: CDModel) -> None:
 def test_tiled_encoder_features_match_untiled(model: CDModel, content: torch.Tensor) -> None:
     """Pass 1 with the computed halo reproduces the untiled level-5 features (measured bit-identical here)."""
     job = _job(model, (5,))
-    padded = pl._pad_to_stride(content, 16)
+    padded = untiled_module._pad_to_stride(content, 16)
     with torch.inference_mode():
         full = model.encoder(5)(padded)
         for tile in plan_tiles(*padded.shape[-2:], 64, job.geometries[5].stats_halo, 16):
             (r0, r1), (c0, c1) = tile.rows.window, tile.cols.window
-            rows, cols = pl._core_slices(tile, 16)
+            rows, cols = tiled_module._core_slices(tile, 16)
             part = model.encoder(5)(padded[..., r0:r1, c0:c1])[..., rows, cols]
             ref = full[..., tile.rows.core[0] // 16 : tile.rows.core[1] // 16, tile.cols.core[0] // 16 : tile.cols.core[1] // 16]
             assert (part - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
@@ -62,11 +73,11 @@ def test_accumulated_statistics_equal_direct(model: CDModel, content: torch.Tens
     for level in (5, 2):
         job = _job(model, (level,))
         with torch.inference_mode():
-            features = model.encoder(level)(pl._pad_to_stride(content, job.stride(level)))[0].double()
+            features = model.encoder(level)(untiled_module._pad_to_stride(content, job.stride(level)))[0].double()
             flat = features.reshape(features.shape[0], -1)
             direct_mean, direct_cov = flat.mean(dim=1), torch.cov(flat)
-            bar = pl.tqdm(disable=True)
-            tiled = pl._accumulate(job, level, MemoryCanvas.from_tensor(content), 96 if level == 5 else 48, None, bar)
+            bar = tqdm(disable=True)
+            tiled = tiled_module._accumulate(job, level, MemoryCanvas.from_tensor(content), 96 if level == 5 else 48, None, bar)
         # Same features in uneven chunks: float64 round-off only. Tiled: the tiles' float32 features agree
         # with the untiled ones to float32 round-off (bit-identical for many tile shapes).
         for stats, rtol in ((FeatureStats.of(features), 1e-10), (tiled, 1e-5)):
@@ -154,12 +165,12 @@ def test_png_and_grid_outputs(model: CDModel, content: torch.Tensor, style: torc
 
 def test_auto_tiling_from_budget(model: CDModel) -> None:
     job = _job(model, (5, 4, 3, 2, 1))
-    assert pl.plan_tiling(job, 512, 512, (256, 256), None, "64GiB", None) is None
-    plan = pl.plan_tiling(job, 16384, 16384, (512, 512), None, "4GiB", None)
+    assert plan_tiling(job, 512, 512, (256, 256), None, "64GiB", None) is None
+    plan = plan_tiling(job, 16384, 16384, (512, 512), None, "4GiB", None)
     assert plan is not None and all(t % job.stride(k) == 0 and t >= 256 for k, t in plan.tiles.items())
     assert plan.cache[5] and not plan.cache[1]
     with pytest.raises(CDCompressError, match="raise --max-memory"):
-        pl.plan_tiling(job, 16384, 16384, (512, 512), None, "10MiB", None)
+        plan_tiling(job, 16384, 16384, (512, 512), None, "10MiB", None)
 
 
 def test_errors_are_user_errors(model: CDModel, content: torch.Tensor, style: torch.Tensor, tmp_path: Path) -> None:
@@ -172,6 +183,45 @@ def test_errors_are_user_errors(model: CDModel, content: torch.Tensor, style: to
         stylize(model, content[..., :20, :40], style, levels=(5,))
     with pytest.raises(CDCompressError, match=".png"):
         stylize(model, content, style, out=tmp_path / "x.jpg")
+
+
+class _SpecsUnknown:
+    """A user's backend from before ``Backend.specs``: levels, encode and decode only."""
+
+    def __init__(self, inner: TorchBackend) -> None:
+        self.inner = inner
+
+    @property
+    def levels(self) -> list[int]:
+        return self.inner.levels
+
+    def encode(self, level: int, image: torch.Tensor) -> torch.Tensor:
+        return self.inner.encode(level, image)
+
+    def decode(self, level: int, features: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(level, features)
+
+
+class _SpecsNone(_SpecsUnknown):
+    """A backend whose ``specs`` cannot name the architecture."""
+
+    def specs(self, level: int) -> None:
+        return None
+
+
+def test_backend_without_geometry_runs_untiled_only(model: CDModel, content: torch.Tensor, style: torch.Tensor) -> None:
+    """No declared architecture: untiled runs work (also when the budget would tile), tiles are a one-line error."""
+    expected = stylize(model, content, style, levels=(2,), tile=0)
+    cases = ((_SpecsUnknown, r"has no specs\(level\) method"), (_SpecsNone, "does not describe its level-2 architecture"))
+    for kind, needle in cases:
+        backend = kind(TorchBackend(model))
+        assert isinstance(backend, UntiledBackend) and isinstance(backend, Backend) == (kind is _SpecsNone)
+        for tile, budget in ((0, None), (None, "1MiB")):
+            out = stylize(backend, content, style, levels=(2,), tile=tile, max_memory=budget)
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        with pytest.raises(CDCompressError, match=needle) as error:
+            stylize(backend, content, style, levels=(2,), tile=64)
+        assert "\n" not in str(error.value) and "--tile 0" in str(error.value)
 
 
 def _run(*args: object) -> tuple[int, str]:

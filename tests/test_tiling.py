@@ -16,9 +16,8 @@ from PIL import Image
 
 from cdcompress import images
 from cdcompress.errors import CDCompressError, ImageError
-from cdcompress.images import load_image
-from cdcompress.stylize import canvas as canvas_module
-from cdcompress.stylize.canvas import DiskCanvas, MemoryCanvas, decode_to_canvas, image_size, read_padded, write_png
+from cdcompress.images import decode_to_canvas, image_size, load_image, write_png
+from cdcompress.stylize.canvas import DiskCanvas, MemoryCanvas, read_padded
 from cdcompress.stylize.tiling import parse_memory, spans
 from cdcompress.stylize.wct import AffineMap, FeatureStats, wct_map
 
@@ -116,7 +115,7 @@ def test_decompression_bound(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "CMYK", "P", "exif"])
 def test_streamed_decode_equals_load_image(mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(canvas_module, "BAND_BYTES", 4096)  # many bands
+    monkeypatch.setattr(images, "BAND_BYTES", 4096)  # many bands
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
     if mode == "exif":

@@ -109,6 +109,10 @@ class OnnxBackend:
     def decode(self, level: int, features: torch.Tensor) -> torch.Tensor:
         return self._run(f"dec{level}", features)
 
+    def specs(self, level: int) -> tuple[VGGSpec, VGGSpec]:
+        """The level's encoder and decoder architectures, from the manifest (see ``Backend.specs``)."""
+        return self.encoder_spec(level), self.decoder_spec(level)
+
     def encoder_spec(self, level: int) -> VGGSpec:
         """Architecture of the level's encoder graph (exact tiling computes its halos from it)."""
         return self._spec(f"enc{level}")

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "adain_map": ".adain", "Backend": ".backend", "TorchBackend": ".backend",
+    "adain_map": ".adain", "Backend": ".backend", "TorchBackend": ".backend", "UntiledBackend": ".backend",
     "DEFAULT_LEVELS": ".settings", "METHODS": ".settings",
-    "StylizeJob": ".pipeline", "TilingPlan": ".pipeline", "as_backend": ".pipeline", "make_job": ".pipeline",
-    "plan_tiling": ".pipeline", "scratch_bytes": ".pipeline", "stylize": ".pipeline", "untiled_bytes": ".pipeline",
+    "StylizeJob": ".job", "as_backend": ".job", "make_job": ".job",
+    "TilingPlan": ".plan", "plan_tiling": ".plan", "scratch_bytes": ".plan", "untiled_bytes": ".plan",
+    "stylize": ".pipeline",
     "LevelGeometry": ".tiling", "level_geometry": ".tiling", "parse_memory": ".tiling",
     "AffineMap": ".wct", "FeatureStats": ".wct", "wct_map": ".wct",
 }
@@ -37,14 +38,15 @@ if TYPE_CHECKING:  # what static checkers see; at run time the names load on fir
     from .adain import adain_map as adain_map
     from .backend import Backend as Backend
     from .backend import TorchBackend as TorchBackend
-    from .pipeline import StylizeJob as StylizeJob
-    from .pipeline import TilingPlan as TilingPlan
-    from .pipeline import as_backend as as_backend
-    from .pipeline import make_job as make_job
-    from .pipeline import plan_tiling as plan_tiling
-    from .pipeline import scratch_bytes as scratch_bytes
+    from .backend import UntiledBackend as UntiledBackend
+    from .job import StylizeJob as StylizeJob
+    from .job import as_backend as as_backend
+    from .job import make_job as make_job
     from .pipeline import stylize as stylize
-    from .pipeline import untiled_bytes as untiled_bytes
+    from .plan import TilingPlan as TilingPlan
+    from .plan import plan_tiling as plan_tiling
+    from .plan import scratch_bytes as scratch_bytes
+    from .plan import untiled_bytes as untiled_bytes
     from .settings import DEFAULT_LEVELS as DEFAULT_LEVELS
     from .settings import METHODS as METHODS
     from .tiling import LevelGeometry as LevelGeometry

@@ -1,6 +1,7 @@
 """Where encoders and decoders run: PyTorch modules here, exported engines elsewhere.
 
-Stylization only needs, per level, ``encode(image) -> features`` and ``decode(features) -> image``.
+Stylization only needs, per level, ``encode(image) -> features`` and ``decode(features) -> image``,
+and for exact tiling the architectures behind them (``specs(level)``: the halos follow from them).
 Keeping that behind a small protocol lets the same WCT/AdaIN/tiling code drive a PyTorch
 :class:`~cdcompress.models.format.CDModel` or an exported ONNX/TensorRT bundle.
 """
@@ -15,13 +16,13 @@ import torch
 from ..device import resolve_device
 from ..errors import CDCompressError
 from ..models.format import CDModel
-from ..models.vgg import fused_inference
+from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, fused_inference
 from .settings import PRECISION_NAMES
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """Per-level encoder/decoder pairs on [0, 1] RGB NCHW float32 tensors.
+class UntiledBackend(Protocol):
+    """Per-level encoder/decoder pairs on [0, 1] RGB NCHW float32 tensors: all an untiled run needs.
 
     Outputs are CPU tensors unless the backend has a ``device`` attribute naming where they stay
     (a GPU :class:`TorchBackend`); the stylization pipeline then keeps the whole cascade there.
@@ -33,6 +34,20 @@ class Backend(Protocol):
     def encode(self, level: int, image: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, level: int, features: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Backend(UntiledBackend, Protocol):
+    """An :class:`UntiledBackend` that also declares its architectures, so it can be tiled exactly.
+
+    ``specs`` is required of a backend. ``stylize`` still accepts an object with only the untiled
+    part (one written before ``specs`` existed) and runs it untiled; asking it for tiles is a
+    one-line error that names the missing method.
+    """
+
+    def specs(self, level: int) -> tuple[VGGSpec, VGGSpec] | None:
+        """The (encoder, decoder) architectures at ``level``, or None when unknown (then only untiled runs)."""
+        ...
 
 
 #: Inference precisions (names in :data:`~cdcompress.stylize.settings.PRECISION_NAMES`): the networks' dtype.
@@ -68,6 +83,13 @@ class TorchBackend:
     @property
     def levels(self) -> list[int]:
         return self.model.levels
+
+    def specs(self, level: int) -> tuple[VGGSpec, VGGSpec] | None:
+        """The VGG specs of the level's encoder and decoder; None for other module families."""
+        enc, dec = self.model.encoder(level), self.model.decoder(level)
+        if isinstance(enc, VGGEncoder) and isinstance(dec, VGGDecoder):
+            return enc.spec, dec.spec
+        return None
 
     def _run(self, module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
         inputs = tensor.to(self.device, self.dtype)

@@ -14,11 +14,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import CDCompressError
 from ..models.vgg import VGGSpec
-from .backend import Backend
 
 #: Conservative float32 working set: peak RSS of one conv layer is ~``4 * (cin + 2 * max(cin, cout))``
 #: bytes per pixel of its scale (padded input, output, activation); this factor covers allocator slack.
@@ -145,24 +143,6 @@ def level_geometry(encoder: VGGSpec, decoder: VGGSpec) -> LevelGeometry:
         feature_channels=channels,
         bytes_per_pixel=held + work,
     )
-
-
-def backend_specs(backend: Backend, level: int) -> tuple[VGGSpec, VGGSpec] | None:
-    """The (encoder, decoder) architectures behind ``backend`` at ``level``, if it can say.
-
-    A backend describes itself with ``encoder_spec(level)`` / ``decoder_spec(level)`` methods, or by
-    holding a :class:`~cdcompress.models.format.CDModel` as ``backend.model`` (like ``TorchBackend``).
-    """
-    enc_spec: Any = getattr(backend, "encoder_spec", None)
-    dec_spec: Any = getattr(backend, "decoder_spec", None)
-    if callable(enc_spec) and callable(dec_spec):
-        return enc_spec(level), dec_spec(level)
-    model = getattr(backend, "model", None)
-    if model is not None and hasattr(model, "encoder") and hasattr(model, "decoder"):
-        enc, dec = model.encoder(level), model.decoder(level)
-        if isinstance(getattr(enc, "spec", None), VGGSpec) and isinstance(getattr(dec, "spec", None), VGGSpec):
-            return enc.spec, dec.spec
-    return None
 
 
 # ----------------------------------------------------------------------------- plans
