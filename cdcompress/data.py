@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import CDCompressError, ImageError
 from .images import list_images, load_image
-from .registry import Registry
+from .registry import DATA_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +295,6 @@ class _Steps(Dataset):
         return self.sampler.shard(self.steps[i], self.rank, self.world)
 
 
-DATA_SOURCES: Registry[Any] = Registry("data source", builtins=("cdcompress.denoise",))
-"""``name -> factory(paths, batch_size, resize, crop, seed, **kwargs) -> training data`` for recipes:
-a sampler, an iterable of batches or a factory of one (see :func:`batches`)."""
 
 
 @DATA_SOURCES.register("images")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .distill.settings import AMP_MODES, DECODER_INITS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
 from .errors import CDCompressError
-from .registry import RegistryError
+from .registry import DATA_SOURCES, IMPORTANCES, OBJECTIVES, TEACHER_SOURCES, RegistryError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -49,7 +49,7 @@ PluginRef = str | PluginName
 def _registered(registry: Any, value: Any) -> Any:
     """Registry names are checked while validating, so a typo is a recipe error, not a crash mid-run."""
     try:
-        registry.get(value if isinstance(value, str) else value.name)
+        registry.check(value if isinstance(value, str) else value.name)
     except RegistryError as exc:
         raise ValueError(str(exc)) from None
     return value
@@ -74,8 +74,6 @@ class TeacherSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source_registered(cls, value: str) -> str:
-        from .distill.teachers import TEACHER_SOURCES
-
         return _registered(TEACHER_SOURCES, value)
 
 
@@ -96,8 +94,6 @@ class StudentSpec(_Strict):
     @field_validator("importance")
     @classmethod
     def _importance_registered(cls, value: PluginRef) -> PluginRef:
-        from .slim import IMPORTANCES  # imported when a recipe is validated, not when the CLI starts
-
         return _registered(IMPORTANCES, value)
 
     @field_validator("width")
@@ -129,8 +125,6 @@ class ObjectiveSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind_registered(cls, value: str) -> str:
-        from .distill.objectives import OBJECTIVES
-
         return _registered(OBJECTIVES, value)
 
 
@@ -147,8 +141,6 @@ class DataSpec(_Strict):
     @field_validator("source")
     @classmethod
     def _source_registered(cls, value: PluginRef) -> PluginRef:
-        from .data import DATA_SOURCES
-
         return _registered(DATA_SOURCES, value)
 
     @model_validator(mode="after")

@@ -32,11 +32,14 @@ class Registry(Generic[T]):
 
     ``builtins`` names the modules that register this axis's built-in entries; they are imported on
     the first lookup, so a package can load lazily and still find them, wherever the lookup happens.
+    ``provides`` lists the names those modules register, so :meth:`check` can accept a built-in name
+    without importing torch (a recipe validates in a fraction of a second); a test holds the list true.
     """
 
-    def __init__(self, axis: str, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, axis: str, builtins: tuple[str, ...] = (), provides: tuple[str, ...] = ()) -> None:
         self.axis = axis
         self._builtins = builtins
+        self.provides = frozenset(provides)
         self._entries_: dict[str, T] = {}
 
     @property
@@ -63,6 +66,11 @@ class Registry(Generic[T]):
                                 f" (user plug-ins register with @{self.axis.upper().replace(' ', '_')}S.register and are"
                                 " imported with --import MODULE)")
         return self._entries[name]
+
+    def check(self, name: str) -> None:
+        """Raise :class:`RegistryError` unless ``name`` is registered; a built-in name answers without imports."""
+        if name not in self.provides:
+            self.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -180,5 +188,22 @@ class ArchitectureRegistry(Registry[Callable[..., Any]]):
         return decorate
 
 
-ARCHITECTURES = ArchitectureRegistry("architecture", builtins=("cdcompress.models.unet",))
+ARCHITECTURES = ArchitectureRegistry("architecture", builtins=("cdcompress.models.unet",),
+                                     provides=("unet-encoder", "unet-decoder"))
 """``name -> factory(**kwargs) -> nn.Module`` of the *teacher's* shapes; a model file may name one."""
+
+# The other axes live here too, not beside their built-ins, so validating a recipe that names them needs no torch.
+IMPORTANCES: Registry[Callable[..., Any]] = Registry("importance", builtins=("cdcompress.slim",),
+                                                     provides=("l1", "l2", "taylor", "random"))
+"""``name -> factory(**kwargs) -> importance(group) -> scores``; a torch-pruning ``Importance`` fits as is."""
+OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", builtins=("cdcompress.distill.objectives",),
+                                                    provides=("reconstruction", "style-transfer", "feature-kd"))
+"""``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
+TEACHER_SOURCES: Registry[Callable[..., Any]] = Registry(
+    "teacher source", builtins=("cdcompress.distill.teachers",),
+    provides=("model", "cd-release", "wct-pytorch", "wct-vgg19", "torchvision", "builtin", "import"))
+"""``name -> loader(path, level, spec) -> Teacher``: where a recipe's teacher comes from."""
+DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source", builtins=("cdcompress.data", "cdcompress.denoise"),
+                                                      provides=("images", "noisy-pairs"))
+"""``name -> factory(paths, batch_size, resize, crop, seed, **kwargs) -> training data`` for recipes:
+a sampler, an iterable of batches or a factory of one (see :func:`cdcompress.data.batches`)."""

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import CDCompressError
 from .modules import EncoderDecoderPair, count_parameters
-from .registry import Registry, accepted, split_reference
+from .registry import IMPORTANCES, accepted, split_reference
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,6 @@ def _prunable_layers(module: nn.Module) -> dict[nn.Module, str]:
 
 # --------------------------------------------------------------------------- importance criteria
 
-IMPORTANCES: Registry[Callable[..., ScoreFn]] = Registry("importance")
-"""``name -> factory(**kwargs) -> importance(group) -> scores``; a torch-pruning ``Importance`` fits as is."""
 
 
 def _out_filter_items(group: Any) -> Iterator[tuple[nn.Module, list[int], list[int]]]:

@@ -88,8 +88,10 @@ print("TORCH_LOADED", "torch" in sys.modules)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["recipes"], ["weights", "--help"], ["stylize", "--help"],
-                                  ["export", "--help"], ["distill", "--help"], ["stylize", "--content", "x.png"],
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["recipes"], ["recipes", "show", "wct_vgg19"],
+                                  ["recipes", "show", "unet_denoise"], ["weights", "--help"], ["stylize", "--help"],
+                                  ["export", "--help"], ["distill", "--help"], ["eval", "--help"], ["eval", "cost", "--help"],
+                                  ["inspect", "--help"], ["convert", "--help"], ["stylize", "--content", "x.png"],
                                   ["distill", "--recipe", "no-such-recipe"]])
 def test_help_listing_and_argument_errors_do_not_load_torch(args: list[str]) -> None:
     """Commands that compute nothing answer without importing torch (it takes seconds to load)."""
@@ -98,6 +100,19 @@ def test_help_listing_and_argument_errors_do_not_load_torch(args: list[str]) -> 
 
     proc = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, timeout=120)
     assert "TORCH_LOADED False" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def test_registries_declare_exactly_their_built_ins() -> None:
+    """A recipe naming a built-in plug-in validates without imports, trusting ``provides``: it must be true."""
+    from cdcompress import registry
+
+    axes = [registry.ARCHITECTURES, registry.IMPORTANCES, registry.OBJECTIVES, registry.TEACHER_SOURCES,
+            registry.DATA_SOURCES]
+    for axis in axes:
+        built_in = {name for name in axis.names() if getattr(axis.get(name), "__module__", "").startswith("cdcompress.")}
+        assert axis.provides == built_in, axis.axis
+    with pytest.raises(registry.RegistryError, match="unknown objective 'reconstructoin'.*did you mean 'reconstruction'"):
+        registry.OBJECTIVES.check("reconstructoin")
 
 
 def test_command_table_matches_the_commands() -> None:

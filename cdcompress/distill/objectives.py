@@ -17,10 +17,7 @@ from torch import nn
 from ..embed import OUTPUT
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms
-from ..registry import Registry, build, split_reference
-
-OBJECTIVES: Registry[Callable[..., Objective | None]] = Registry("objective")
-"""``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
+from ..registry import OBJECTIVES, build, split_reference
 
 
 @dataclass

@@ -19,11 +19,10 @@ from ..errors import CDCompressError
 from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch, teacher_architecture
 from ..models.format import load
 from ..models.registry import resolve_model
-from ..registry import Registry, accepted, import_callable
+from ..registry import TEACHER_SOURCES, accepted, import_callable
 
 TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
 
-TEACHER_SOURCES: Registry[Any] = Registry("teacher source")
 
 
 @dataclass
