@@ -29,12 +29,24 @@ def staged_directory(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write then rename, so a reader never sees half a document (the folder is created if needed)."""
+@contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Yield a hidden sibling to write; on success it replaces ``path`` in one rename, on any failure it is
+    deleted (the folder is created if needed). The sibling keeps ``path``'s suffix, so writers that choose a
+    format by suffix (Pillow) still do."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    staging = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield staging
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write then rename, so a reader never sees half a document."""
+    with staged_file(path) as staging:
+        staging.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _make_readable(directory: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import staged_file
 from .errors import CDCompressError, ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -137,11 +138,9 @@ def center_square(image: torch.Tensor, side: int | None = None) -> torch.Tensor:
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
     """Write a ``[1, 3, H, W]`` or ``[3, H, W]`` tensor (clamped to [0, 1]) as an 8-bit image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = to_uint8(image)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    with staged_file(path) as staging:
+        Image.fromarray(array).save(staging)
     return path
 
 
@@ -253,46 +252,34 @@ def _chunk(fh: BinaryIO, kind: bytes, data: bytes) -> None:
 def write_png(path: str | Path, height: int, width: int, bands: Iterable[np.ndarray], level: int = 6) -> Path:
     """Stream ``uint8`` RGB row bands (``h x width x 3``, top to bottom) into an 8-bit PNG file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     compressor = zlib.compressobj(level)
     previous = np.zeros(width * 3, np.uint8)
     written = 0
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(b"\x89PNG\r\n\x1a\n")
-            _chunk(fh, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            for band in bands:
-                flat = band.reshape(band.shape[0], width * 3)
-                data = compressor.compress(_paeth_filter(flat, previous).tobytes())
-                previous, written = flat[-1], written + band.shape[0]
-                if data:
-                    _chunk(fh, b"IDAT", data)
-            _chunk(fh, b"IDAT", compressor.flush())
-            _chunk(fh, b"IEND", b"")
+    with staged_file(path) as staging, open(staging, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        _chunk(fh, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        for band in bands:
+            flat = band.reshape(band.shape[0], width * 3)
+            data = compressor.compress(_paeth_filter(flat, previous).tobytes())
+            previous, written = flat[-1], written + band.shape[0]
+            if data:
+                _chunk(fh, b"IDAT", data)
+        _chunk(fh, b"IDAT", compressor.flush())
+        _chunk(fh, b"IEND", b"")
         if written != height:
             raise AssertionError(f"PNG stream got {written} rows, expected {height}")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def write_npy(path: str | Path, height: int, width: int, bands: Iterable[np.ndarray]) -> Path:
     """Stream float32 row bands into an ``H x W x 3`` ``.npy`` file (for exact comparisons)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                      "shape": (height, width, 3)}
-            np.lib.format.write_array_header_2_0(fh, header)
-            for band in bands:
-                fh.write(np.ascontiguousarray(band, dtype=np.float32).tobytes())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_file(path) as staging, open(staging, "wb") as fh:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": (height, width, 3)}
+        np.lib.format.write_array_header_2_0(fh, header)
+        for band in bands:
+            fh.write(np.ascontiguousarray(band, dtype=np.float32).tobytes())
     return path
 
 
