@@ -123,20 +123,9 @@ class Distiller:
             module.to(device)
         return Trainer(self, data, config, run_dir, held_out).fit(resume=resume)
 
-    def train_decoder(
-        self,
-        data: object,
-        config: TrainConfig,
-        init: str = "pruned",
-        lambda_p: float = 1.0,
-        run_dir: str | Path | None = None,
-        resume: bool = False,
-        name: str = "decoder",
-        held_out: Sequence[torch.Tensor | Batch] = (),
-    ) -> tuple[nn.Module, TrainResult]:
-        """Stage 3 for this student (:func:`cdcompress.distill.decoder.train_student_decoder`): a small decoder
-        started ``pruned``, ``folded`` or ``random``; returns it and its training result."""
-        return train_student_decoder(self, data, config, init, lambda_p, run_dir, resume, name, held_out)
+    #: Stage 3 for this student, returning ``(decoder, result)``: ``distiller.train_decoder(data, config, init=...)``
+    #: is :func:`cdcompress.distill.decoder.train_student_decoder` with this distiller first.
+    train_decoder = train_student_decoder
 
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""
