@@ -1,4 +1,5 @@
-"""Shared fixtures: the paper's released checkpoints and real photos from ../shared (skipped when absent)."""
+"""Shared fixtures: the paper's released checkpoints and real photos from ../shared (skipped when absent), and a
+self-contained stand-in student for tests that need a working model but not the released numbers."""
 
 from __future__ import annotations
 
@@ -33,6 +34,27 @@ def released_model_dir(cd16x_dir: Path, tmp_path_factory: pytest.TempPathFactory
     from cdcompress.models import convert_cd_release, save
 
     return save(convert_cd_release(cd16x_dir), tmp_path_factory.mktemp("models") / "cd16x")
+
+
+def random_student() -> torch.nn.Module:
+    """A 1/4-width five-level VGG-19 student with scale-preserving random weights (torch's default init collapses
+    deep features to their biases): the released students' shapes, made in the test."""
+    from cdcompress.distill.teachers import scale_preserving_init
+    from cdcompress.models import student_architecture
+
+    torch.manual_seed(0)
+    student = student_architecture(0.25)
+    for part in [*student.encoders.values(), *student.decoders.values()]:
+        scale_preserving_init(part)
+    return student.eval()
+
+
+@pytest.fixture(scope="session")
+def random_student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`random_student` saved as a model directory, for CLI runs that need no released weights."""
+    from cdcompress.models import save
+
+    return save(random_student(), tmp_path_factory.mktemp("models") / "random-student")
 
 
 @pytest.fixture(scope="module")

@@ -123,32 +123,32 @@ def _stylize(model: Path, content: Path, style: Path, out: Path) -> tuple[int, s
 
 @pytest.mark.parametrize("name", UNUSABLE)
 @pytest.mark.parametrize("role", ["content", "style"])
-def test_stylize_refuses_unusable_files_with_one_line(released_model_dir: Path, corpus: Path, tmp_path: Path,
+def test_stylize_refuses_unusable_files_with_one_line(random_student_dir: Path, corpus: Path, tmp_path: Path,
                                                       name: str, role: str) -> None:
     good, bad = corpus / "gray.png", corpus / name
     content, style = (bad, good) if role == "content" else (good, bad)
-    code, text = _stylize(released_model_dir, content, style, tmp_path / "out.png")
+    code, text = _stylize(random_student_dir, content, style, tmp_path / "out.png")
     assert_one_line_error(code, text, name)
     assert not (tmp_path / "out.png").exists()
 
 
-def test_stylize_accepts_every_decodable_mode(released_model_dir: Path, corpus: Path, tmp_path: Path) -> None:
+def test_stylize_accepts_every_decodable_mode(random_student_dir: Path, corpus: Path, tmp_path: Path) -> None:
     for name in DECODABLE:
         out = tmp_path / f"{Path(name).stem}.png"
-        code, text = _stylize(released_model_dir, corpus / name, corpus / "rgba.png", out)
+        code, text = _stylize(random_student_dir, corpus / name, corpus / "rgba.png", out)
         assert code == 0, text
         with Image.open(corpus / name) as source, Image.open(out) as result:
             upright = source.size[::-1] if "exif" in name else source.size
             assert result.mode == "RGB" and result.size == upright
 
 
-def test_sigterm_during_tiled_stylize_removes_scratch_files(released_model_dir: Path, corpus: Path,
+def test_sigterm_during_tiled_stylize_removes_scratch_files(random_student_dir: Path, corpus: Path,
                                                            tmp_path: Path) -> None:
     big = tmp_path / "big.png"
     Image.fromarray(np.tile(_photo(), (12, 12, 1))).save(big)  # 768 x 768
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    proc = cli("stylize", "--model", released_model_dir, "--content", big, "--style", corpus / "gray.png",
+    proc = cli("stylize", "--model", random_student_dir, "--content", big, "--style", corpus / "gray.png",
                "--tile", "64", "--workdir", scratch, "--out", tmp_path / "out.png")
     deadline = time.monotonic() + 120
     while not any(scratch.glob("cdcompress-stylize-*/image0.f32")) and proc.poll() is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_student
 from PIL import Image
 from test_stylize import (  # noqa: F401  (collected here with the fixtures below)
     test_accumulated_statistics_equal_direct,
@@ -30,18 +31,13 @@ from test_stylize import (  # noqa: F401  (collected here with the fixtures belo
 )
 
 from cdcompress.data import skimage_photos
-from cdcompress.distill.teachers import scale_preserving_init
 from cdcompress.images import load_image
-from cdcompress.models import CDModel, student_architecture
+from cdcompress.models import CDModel
 
 
 @pytest.fixture(scope="module")
 def model() -> CDModel:
-    torch.manual_seed(0)
-    student = student_architecture(0.25)
-    for part in [*student.encoders.values(), *student.decoders.values()]:
-        scale_preserving_init(part)
-    return student.eval()
+    return random_student()
 
 
 @pytest.fixture(scope="module")

@@ -57,12 +57,12 @@ def test_geometry_follows_the_architecture(model: CDModel) -> None:
 def test_tiled_encoder_features_match_untiled(model: CDModel, content: torch.Tensor) -> None:
     """Pass 1 with the computed halo reproduces the untiled level-5 features (measured bit-identical here)."""
     job = _job(model, (5,))
-    padded = untiled_module._pad_to_stride(content, 16)
+    padded = untiled_module.pad_to_stride(content, 16)
     with torch.inference_mode():
         full = model.encoder(5)(padded)
         for tile in plan_tiles(*padded.shape[-2:], 64, job.geometries[5].stats_halo, 16):
             (r0, r1), (c0, c1) = tile.rows.window, tile.cols.window
-            rows, cols = tiled_module._core_slices(tile, 16)
+            rows, cols = tiled_module.core_slices(tile, 16)
             part = model.encoder(5)(padded[..., r0:r1, c0:c1])[..., rows, cols]
             ref = full[..., tile.rows.core[0] // 16 : tile.rows.core[1] // 16, tile.cols.core[0] // 16 : tile.cols.core[1] // 16]
             assert (part - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
@@ -73,11 +73,12 @@ def test_accumulated_statistics_equal_direct(model: CDModel, content: torch.Tens
     for level in (5, 2):
         job = _job(model, (level,))
         with torch.inference_mode():
-            features = model.encoder(level)(untiled_module._pad_to_stride(content, job.stride(level)))[0].double()
+            features = model.encoder(level)(untiled_module.pad_to_stride(content, job.stride(level)))[0].double()
             flat = features.reshape(features.shape[0], -1)
             direct_mean, direct_cov = flat.mean(dim=1), torch.cov(flat)
             bar = tqdm(disable=True)
-            tiled = tiled_module._accumulate(job, level, MemoryCanvas.from_tensor(content), 96 if level == 5 else 48, None, bar)
+            tile = 96 if level == 5 else 48
+            tiled = tiled_module.accumulate_stats(job, level, MemoryCanvas.from_tensor(content), tile, None, bar)
         # Same features in uneven chunks: float64 round-off only. Tiled: the tiles' float32 features agree
         # with the untiled ones to float32 round-off (bit-identical for many tile shapes).
         for stats, rtol in ((FeatureStats.of(features), 1e-10), (tiled, 1e-5)):

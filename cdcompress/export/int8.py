@@ -13,6 +13,9 @@ the manifest's ``int8_levels`` say which); when every level fails nothing is wri
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import shutil
 import statistics
@@ -30,6 +33,8 @@ from ..metrics import psnr
 from ..models.format import sha256_file
 from .errors import ExportError
 from .manifest import MANIFEST_FILE, read_manifest
+
+log = logging.getLogger(__name__)
 
 #: Calibration photos are resized so their shorter side is this (multiple of the level-5 stride).
 CALIBRATION_SIDE = 256
@@ -118,10 +123,14 @@ def quantize_graph(source: Path, target: Path, samples: Sequence[np.ndarray], ro
     with tempfile.TemporaryDirectory(prefix="cdcompress-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        q.quantize_static(str(prepared), str(target), _Samples(name, samples), quant_format=q.QuantFormat.QDQ,
-                          per_channel=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
-                          calibrate_method=q.CalibrationMethod.Percentile,
-                          nodes_to_exclude=boundary_convs(prepared, role))
+        chatter = io.StringIO()  # the calibrator prints its progress; our output (tables, --json on stdout) stays ours
+        with contextlib.redirect_stdout(chatter):
+            q.quantize_static(str(prepared), str(target), _Samples(name, samples), quant_format=q.QuantFormat.QDQ,
+                              per_channel=True, weight_type=q.QuantType.QInt8, activation_type=q.QuantType.QUInt8,
+                              calibrate_method=q.CalibrationMethod.Percentile,
+                              nodes_to_exclude=boundary_convs(prepared, role))
+        if chatter.getvalue().strip():
+            log.debug("onnxruntime quantizer (%s): %s", source.name, chatter.getvalue().strip())
 
 
 def wct_features(features: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -20,14 +20,15 @@ from .tiling import Tile, align_up, plan_tiles
 from .wct import FeatureStats
 
 
-def _core_slices(tile: Tile, stride: int) -> tuple[slice, slice]:
+def core_slices(tile: Tile, stride: int) -> tuple[slice, slice]:
     """Where a tile's core lies inside its window's feature map."""
     (r0, r1), (wr0, _) = tile.rows.core, tile.rows.window
     (c0, c1), (wc0, _) = tile.cols.core, tile.cols.window
     return slice((r0 - wr0) // stride, (r1 - wr0) // stride), slice((c0 - wc0) // stride, (c1 - wc0) // stride)
 
 
-def _accumulate(job: StylizeJob, level: int, source: Canvas, tile: int, cache: DiskCanvas | None, bar: tqdm) -> FeatureStats:
+def accumulate_stats(job: StylizeJob, level: int, source: Canvas, tile: int, cache: DiskCanvas | None,
+                     bar: tqdm) -> FeatureStats:
     """Pass 1: encoder over haloed tiles; core features feed the statistics (and the cache)."""
     geo = job.geometry(level)
     s = geo.stride
@@ -35,7 +36,7 @@ def _accumulate(job: StylizeJob, level: int, source: Canvas, tile: int, cache: D
     stats = FeatureStats(geo.feature_channels)
     for t in plan_tiles(height, width, tile, geo.stats_halo, s):
         window = read_padded(source, t.rows.window, t.cols.window)
-        rows, cols = _core_slices(t, s)
+        rows, cols = core_slices(t, s)
         core = job.backend.encode(level, to_nchw(window))[..., rows, cols]
         stats.update(core)
         if cache is not None:
@@ -45,7 +46,7 @@ def _accumulate(job: StylizeJob, level: int, source: Canvas, tile: int, cache: D
 
 
 def _write_core(target: Canvas, tile: Tile, decoded: torch.Tensor) -> None:
-    rows, cols = _core_slices(tile, 1)
+    rows, cols = core_slices(tile, 1)
     height, width = target.shape[:2]
     (r0, r1), (c0, c1) = tile.rows.core, tile.cols.core
     keep_r, keep_c = min(r1, height) - r0, min(c1, width) - c0  # drop the stride padding
@@ -61,7 +62,7 @@ def _level_tiled(job: StylizeJob, level: int, source: Canvas, target: Canvas, st
     cache = None
     if plan.cache[level]:
         cache = DiskCanvas(scratch / f"features{level}.f32", (height // s, width // s, geo.feature_channels))
-    mapping = job.transform(_accumulate(job, level, source, tile, cache, bar), style_stats)
+    mapping = job.transform(accumulate_stats(job, level, source, tile, cache, bar), style_stats)
     if cache is not None:
         for t in plan_tiles(height, width, tile, geo.decoder_halo, s):
             (r0, r1), (c0, c1) = t.rows.window, t.cols.window
@@ -91,7 +92,7 @@ def stylize_tiled(job: StylizeJob, content: Canvas, style: torch.Tensor, plan: T
                 buffers.append(DiskCanvas(scratch / f"image{i}.f32", (height, width, 3)))
             target = buffers[i % 2]
             bar.set_description(f"stylize L{level}")
-            style_stats = _accumulate(job, level, style_canvas, plan.tiles[level], None, bar)
+            style_stats = accumulate_stats(job, level, style_canvas, plan.tiles[level], None, bar)
             _level_tiled(job, level, source, target, style_stats, plan, scratch, bar)
             source = target
     return source

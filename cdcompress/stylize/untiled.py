@@ -15,19 +15,20 @@ from .tiling import align_up
 from .wct import FeatureStats
 
 
-def _pad_to_stride(image: torch.Tensor, stride: int) -> torch.Tensor:
+def pad_to_stride(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """Reflection-pad the bottom/right so both sides are multiples of ``stride`` (what every level's encoder needs)."""
     h, w = image.shape[-2:]
     ph, pw = align_up(h, stride) - h, align_up(w, stride) - w
     return F.pad(image, (0, pw, 0, ph), mode="reflect") if ph or pw else image
 
 
 def _style_stats_untiled(job: StylizeJob, level: int, style: torch.Tensor) -> FeatureStats:
-    return FeatureStats.of(job.backend.encode(level, _pad_to_stride(style, job.stride(level))))
+    return FeatureStats.of(job.backend.encode(level, pad_to_stride(style, job.stride(level))))
 
 
 def _level_untiled(job: StylizeJob, level: int, image: torch.Tensor, style_stats: FeatureStats) -> torch.Tensor:
     h, w = image.shape[-2:]
-    features = job.backend.encode(level, _pad_to_stride(image, job.stride(level)))
+    features = job.backend.encode(level, pad_to_stride(image, job.stride(level)))
     mapping = job.transform(FeatureStats.of(features), style_stats)
     features = mapping.apply(features)
     return job.backend.decode(level, features)[..., :h, :w]
