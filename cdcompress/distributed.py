@@ -36,8 +36,7 @@ def init_from_env(device: str = "cpu") -> None:
     # Keys of a restarted worker group must not meet those its killed predecessor left in torchrun's store: gloo
     # otherwise reads a dead peer's address and fails to connect (seen under load). One prefix per attempt.
     store, process_rank, world = next(dist.rendezvous("env://"))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cdcompress/attempt-{attempt}/", store),
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"cdcompress/attempt-{restart_count()}/", store),
                             rank=process_rank, world_size=world)
 
 
@@ -58,9 +57,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def restart_count() -> int:
+    """How often torchrun has restarted this worker group after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def restarted() -> bool:
-    """Whether torchrun restarted this worker group after a failure (``--max-restarts``)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    return restart_count() > 0
 
 
 def barrier() -> None:

@@ -225,8 +225,9 @@ class Trainer:
                 state = torch.load(path, map_location="cpu", weights_only=True)
                 for name, module in self.modules.items():  # a dry run on copies: catches foreign or truncated files
                     _check_state(module, state["modules"][name])
-                for key in ("optimizer", "scheduler", "scaler", "rng", "step"):
-                    state[key]  # noqa: B018 (presence check)
+                missing = {"optimizer", "scheduler", "scaler", "rng", "step"} - state.keys()
+                if missing:
+                    raise KeyError(f"missing {sorted(missing)}")
             except Exception as exc:  # corrupt/truncated: fall back to the previous good one
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, str(exc).splitlines()[0])
                 continue

@@ -13,7 +13,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -32,15 +31,13 @@ from .tiling import format_bytes
 from .untiled import stylize_untiled
 from .wct import EIG_FLOOR
 
-Method = Literal["wct", "adain"]
-
 
 def stylize(
     model: CDModel | UntiledBackend | str | Path,
     content: ImageInput,
     style: ImageInput,
     *,
-    method: Method | str = "wct",
+    method: str = "wct",
     levels: Sequence[int] | None = None,
     alpha: float = 1.0,
     preserve_color: bool = False,
@@ -70,7 +67,7 @@ def stylize(
     """
     out_path, grid_path = check_output_path(out, "out"), check_output_path(grid, "grid")
     with torch.inference_mode():
-        job = make_job(as_backend(model), str(method), levels, alpha, eig_floor)
+        job = make_job(as_backend(model), method, levels, alpha, eig_floor)
         style_t = load_style(job, style, style_size)
         content, height, width = check_content(job, content)
         plan = plan_tiling(job, height, width, tuple(style_t.shape[-2:]), tile, max_memory, cache_features)
