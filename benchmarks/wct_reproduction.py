@@ -7,7 +7,7 @@ paper's released 16x students (se{k}/sd{k}) and the teacher itself. One fixed ru
 teacher's VGG-19 to relu3_1 measures WCT Gram and content distances; reconstruction PSNR/SSIM on the
 held-out ``../shared/images/style`` photos (training: scikit-image photos + ``../shared/images/content``).
 
-Writes ``docs/reproduction_wct.md`` (tables, commands), ``docs/images/reproduction_L{k}.png``
+Writes ``docs/reproduction_wct_baselines.md`` (tables, commands), ``docs/images/reproduction_L{k}.png``
 (content | style | teacher | released | ours) and ``docs/images/reproduction_curves.png``
 (held-out PSNR against steps), plus ``results.json`` under ``--out``. Finished runs are reused.
 
@@ -44,8 +44,8 @@ TEACHER_DIR = SHARED / "reference" / "wct-vgg19"
 RELEASE_DIR = SHARED / "reference" / "cd16x"
 RECIPE = "wct_vgg19_cpu"
 VARIANTS: dict[str, list[str]] = {
-    "CD (β 10, pixel 1, λp 1)": ["embed.beta=10"],
-    "CD (10/10/10, as the authors' script)": ["embed.beta=1"],  # Adam is scale-free: 10/10/10 == 1/1/1
+    "CD (β 10 / pixel 1 / λp 1: the authors' script)": ["embed.beta=10"],
+    "CD (β 1 / pixel 1 / λp 1: equal weighting, ours)": ["embed.beta=1"],  # ours, not the authors' (their script: β 10)
     "feature-KD only": ["objective.kind=feature-kd"],
     "prune-only (FP-slimmed)": ["stages.distill.enabled=false", "stages.decoder.init=pruned"],  # no trained Q to fold
 }
@@ -286,7 +286,8 @@ def target_lines(results: dict[str, Any], levels: list[int], main: tuple[int, in
             lines.append(f"| {level} | {label} | {means[cd]:.4g} | {means[kd]:.4g} | {means[prune]:.4g} | "
                          f"{'yes' if best else 'no'} |")
     lines += ["", f"CD is the best of the three in {wins} of {total} level × metric cells.", "",
-              "| level | CD β 10 / pixel 1 / λp 1 (PSNR, Gram) | CD 10/10/10 (PSNR, Gram) | PSNR difference |",
+              "| level | CD β 10 / pixel 1 / λp 1, the authors' (PSNR, Gram) | CD β 1 / pixel 1 / λp 1, ours (PSNR, Gram) "
+              "| PSNR difference |",
               "|---:|---:|---:|---:|"]
     better_equal = 0
     for level in levels:
@@ -296,7 +297,7 @@ def target_lines(results: dict[str, Any], levels: list[int], main: tuple[int, in
             better_equal += diff > 0
             lines.append(f"| {level} | {mean_of(a, 'psnr'):.2f} dB, {mean_of(a, 'gram'):.1f} | "
                          f"{mean_of(b, 'psnr'):.2f} dB, {mean_of(b, 'gram'):.1f} | {diff:+.2f} dB |")
-    lines += ["", f"Equal weighting (the authors' script) gives the higher PSNR at {better_equal} of {len(levels)} levels."]
+    lines += ["", f"Equal weighting (ours, not the authors') gives the higher PSNR at {better_equal} of {len(levels)} levels."]
     return lines
 
 
@@ -342,7 +343,7 @@ def gap_lines(results: dict[str, Any], main: tuple[int, int]) -> list[str]:
 
 
 def write_docs(results: dict[str, Any], args: argparse.Namespace) -> Path:
-    """Tables, target checks, figures and commands into docs/reproduction_wct.md (and tables.md under --out)."""
+    """Tables, target checks, figures and commands into docs/reproduction_wct_baselines.md (and tables.md under --out)."""
     levels = sorted({r["level"] for r in results["runs"]})
     main = (results["settings"]["steps"], results["settings"]["decoder_steps"])
     references = {int(k): v for k, v in results["references"].items()}
@@ -370,7 +371,7 @@ def write_docs(results: dict[str, Any], args: argparse.Namespace) -> Path:
     (args.out / "tables.md").write_text("\n\n".join(tables) + "\n")
     seconds = {f"L{r['level']} {SHORT[r['variant']]} {r['steps']}+{r['decoder_steps']}": sum(r["stage_seconds"].values())
                for r in results["runs"] if r["seed"] == 0}
-    doc = args.docs / "reproduction_wct.md"
+    doc = args.docs / "reproduction_wct_baselines.md"
     doc.write_text(DOC.format(
         date=results["date"], machine=results["machine"], minutes=results["minutes"], command=results["command"],
         seeds=", ".join(str(s) for s in results["settings"]["seeds"]), steps=main[0], decoder_steps=main[1],
@@ -407,9 +408,12 @@ branch folded into its first conv, the plain slimmed collaborator for prune-only
 Training photos: scikit-image's bundled photos and `../shared/images/content`; held out: the four
 `../shared/images/style` photos. Seeds {seeds}: mean ± half the range. {date}, {machine}, {minutes} minutes in all.
 
-- **CD**: embedding loss at every tap + reconstruction through the frozen teacher decoder (pixel + λp·perceptual).
-- **CD 10/10/10**: the same with the embedding, pixel and perceptual terms weighted equally, as the authors' released
-  training script does (10 each; Adam is scale-free, so β 1, pixel 1, λp 1).
+- **CD**: embedding loss at every tap + reconstruction through the frozen teacher decoder (pixel + λp·perceptual),
+  in two weightings:
+- **CD, the authors' weighting**: β 10, pixel 1, λp 1, as the authors' training script has it (main.py of
+  MingSun-Tse/Collaborative-Distillation: `lw_feat 10, lw_pixl 1, lw_perc 1`; the paper's β 10).
+- **CD, equal weighting (ours)**: β 1, pixel 1, λp 1. Not the authors' setting: an earlier issue of ours credited
+  equal weighting ("10/10/10") to their script, which was wrong; it is our measured choice at this small budget.
 - **feature-KD only**: the embedding loss alone (no collaborator).
 - **prune-only (FP-slimmed)**: no stage 2.
 - The bar: the paper's released 16x students (`../shared/reference/cd16x`, se{{k}}/sd{{k}}) and the teacher itself.
@@ -447,7 +451,7 @@ Held-out PSNR during training, mean over seeds; stage 2 dashed (the frozen colla
 {command}
 python benchmarks/wct_reproduction.py --report-only      # rewrite this page from runs/wct_reproduction/results.json
 cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set embed.beta=10        # the CD row at level 3
-cdcompress distill --recipe wct_vgg19_cpu --set levels=[3]      # CD 10/10/10: the recipe's default since this study
+cdcompress distill --recipe wct_vgg19_cpu --set levels=[3]      # CD, equal weighting (ours): the default
 cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set objective.kind=feature-kd
 cdcompress distill --recipe wct_vgg19_cpu --set levels=[3] --set stages.distill.enabled=false --set stages.decoder.init=pruned
 ```

@@ -188,6 +188,9 @@ class StageSpec(_Strict):
 
 class DecoderStageSpec(StageSpec):
     init: Literal[DECODER_INITS] = "pruned"
+    refit_output: bool = Field(False, description="after training, solve the decoder's output conv by least squares "
+                                                  "(the pixel-MSE optimum given the layers before it; a level-1 VGG "
+                                                  "decoder's whole conv); needs a decoder with a linear output")
 
 
 class StagesSpec(_Strict):

@@ -86,7 +86,7 @@ def test_wct_reproduction(tmp_path: Path) -> None:
             "cd", "prune", "--max-side", "64", "--out", tmp_path / "runs", "--docs", tmp_path / "docs"]
     out = run_benchmark("wct_reproduction.py", *args)
     assert "released 16x student (se1/sd1) | 684 |" in out and "prune-only (FP-slimmed), 2+2 steps, 1 seeds" in out
-    doc = (tmp_path / "docs" / "reproduction_wct.md").read_text()
+    doc = (tmp_path / "docs" / "reproduction_wct_baselines.md").read_text()
     assert "## Targets" in doc and "python benchmarks/wct_reproduction.py --levels 1" in doc
     assert (tmp_path / "docs" / "images" / "reproduction_L1.png").stat().st_size > 0
     again = run_benchmark("wct_reproduction.py", *args, "--report-only")  # the docs again, without training

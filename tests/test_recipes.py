@@ -93,7 +93,40 @@ def test_bundled_recipes_validate_and_show() -> None:
     code, out = run("recipes", "show", "wct_vgg19", "--set", "stages.distill.lr=3e-4")
     shown = yaml.safe_load(out)
     assert code == 0 and shown["stages"]["distill"]["lr"] == 3e-4 and shown["student"]["level_width"] == {1: {"conv11": 24}}
-    assert shown["embed"]["beta"] == 1.0 and shown["data"]["crop"] == 256
+    assert shown["embed"]["beta"] == 10.0 and shown["data"]["crop"] == 256
+
+
+def test_wct_vgg19_is_the_authors_training_script() -> None:
+    """The paper's recipe holds the official settings (main.py of MingSun-Tse/Collaborative-Distillation): student
+    stage lw_feat 10 / lw_pixl 1 / lw_perc 1 at relu1_1..relu{k}_1, small decoder pixel + 0.01 perceptual, both
+    from L1-pruned copies, Adam 1e-4 without schedule, batch 16, resize 300 / crop 256, 20 epochs."""
+    recipe = load_recipe("wct_vgg19")
+    assert recipe.levels == [1, 2, 3, 4, 5] and recipe.collaborator.source == "teacher"
+    assert (recipe.student.width, recipe.student.level_width) == (0.25, {1: {"conv11": 24}})
+    assert (recipe.student.importance, recipe.student.init) == ("l1", "pruned")
+    assert (recipe.embed.taps, recipe.embed.beta) == ("level", 10.0)
+    assert (recipe.objective.kind, recipe.objective.lambda_p, recipe.objective.perceptual_taps) == ("reconstruction", 1.0,
+                                                                                                     None)
+    assert (recipe.data.resize, recipe.data.crop) == (300, 256)
+    for stage in (recipe.stages.distill, recipe.stages.decoder):
+        assert (stage.optimizer, stage.lr, stage.schedule, stage.batch, stage.epochs) == ("adam", 1e-4, "constant", 16, 20)
+        assert (stage.weight_decay, stage.warmup_steps, stage.grad_clip, stage.accumulate) == (0, 0, 0, 1)
+    assert recipe.stages.distill.lambda_p is None  # the objective's 1
+    decoder = recipe.stages.decoder
+    assert (decoder.lambda_p, decoder.init, decoder.refit_output) == (0.01, "pruned", False)
+
+
+def test_level_one_recipe_changes_only_length_data_and_device() -> None:
+    """wct_vgg19_l1 is the authors' recipe run shorter on a CPU: every training choice is inherited."""
+    official, level_one = load_recipe("wct_vgg19").model_dump(), load_recipe("wct_vgg19_l1").model_dump()
+    for key in ("student", "embed", "objective", "collaborator"):
+        assert level_one[key] == official[key], key
+    for stage in ("distill", "decoder"):
+        ours, theirs = dict(level_one["stages"][stage]), dict(official["stages"][stage])
+        assert (ours.pop("steps"), ours.pop("epochs"), theirs.pop("steps")) == (2500, None, None)
+        theirs.pop("epochs")
+        assert ours == theirs, stage
+    assert (level_one["data"]["resize"], level_one["data"]["crop"]) == (300, 256)
 
 
 def test_extends_merges_and_overrides(tmp_path: Path) -> None:
@@ -127,6 +160,18 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
     assert code == 2 and "--resume" in text
     code, text = run("distill", "--recipe", path, "--out", out, "--resume")
     assert code == 0, text
+
+
+def test_refit_output_finishes_stage_three_with_the_least_squares_output_conv(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(VALID)
+    code, text = run("distill", "--recipe", path, "--out", tmp_path / "run", "--set", "stages.decoder.refit_output=true")
+    assert code == 0, text
+    notes = [n for n in __import__("json").loads((tmp_path / "run" / "report.json").read_text())["notes"]
+             if "refitted by least squares" in n]
+    assert len(notes) == 1
+    before, after = (float(v) for v in notes[0].split("held-out ")[1].removesuffix(" dB").split(" -> "))
+    assert after > before  # the solve beats 4 Adam steps on the held-out photos
 
 
 def test_a_run_that_failed_before_training_can_be_run_again(tmp_path: Path) -> None:

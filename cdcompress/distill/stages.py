@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from ..data import as_batch
 from ..device import resolve_device
 from ..embed import flatten_outputs
 from ..errors import CDCompressError
@@ -170,7 +171,33 @@ class DecoderStage:
             decoder, _ = train_student_decoder(distiller, run.sampler(run.train_paths, stage.batch, 4), run.config(stage),
                                                init, stage_lambda(stage, recipe), run.run_dir, run.resume, name=name,
                                                held_out=run.curve_images())
+            if stage.refit_output:
+                refit_decoder_output(run, state, decoder)
         state.decoder = freeze(decoder)
+
+
+#: Training images the output-layer solve sees (pixels are subsampled per image, so more would add little).
+REFIT_IMAGES = 64
+
+
+def refit_decoder_output(run: RecipeRun, state: LevelState, decoder: nn.Module) -> None:
+    """Stage 3's optional finish: the output conv set to its least-squares optimum for the frozen student and the
+    trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
+    from ..ceiling import mean_psnr, refit_output_conv
+
+    assert state.distiller is not None
+    recipe, stage = run.recipe, run.recipe.stages.decoder
+    device = resolve_device(recipe.device)
+    encoder = state.distiller.deployable().to(device).eval()
+    sampler = run.sampler(run.train_paths, stage.batch, 5)
+    batches = [as_batch(sampler[i]).to(device) for i in range(-(-REFIT_IMAGES // stage.batch))]
+    # Held-out images judge autoencoding only (paired data's held-out images have no targets here).
+    held_out = [] if batches[0].paired else [x.to(device) for _, x in run.held_out_images()]
+    before = mean_psnr(encoder, decoder.eval(), held_out) if held_out else None
+    refit_output_conv(encoder, decoder, batches, seed=recipe.seed)
+    if before is not None:
+        after = mean_psnr(encoder, decoder, held_out)
+        run.note(f"level {state.level}: output conv refitted by least squares, held-out {before:.2f} -> {after:.2f} dB")
 
 
 #: What a recipe run does for each level, in order.

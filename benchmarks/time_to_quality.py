@@ -1,0 +1,213 @@
+"""Time to quality for WCT levels 2-3: held-out PSNR against crops seen, from the CPU study's budget up to 10x.
+
+Each budget is the bundled ``wct_vgg19_cpu`` recipe with the authors' weighting (β 10, pixel 1, λp 1), stage 2 for
+S steps and stage 3 for 5·S (the study's 300 + 1500 ratio), batch 4 of 128² crops, and the output conv refitted by
+least squares after stage 3 (both the trained and the refitted figures are kept). Per budget: stage 2 judged through
+the frozen collaborator (D_teacher(Q·F')), the student with its own decoder, and where that decoder started.
+A straight line in log(crops) through the end-to-end points says at what budget the curve would meet the released
+student (a leave-one-out range as its uncertainty). The anomaly check trains one fixed stage 3 for the students of
+two stage-2 budgets, so only stage 2 differs.
+
+Writes ``results.json`` under ``--out`` and ``docs/images/time_to_quality.png``.
+
+    python benchmarks/time_to_quality.py --levels 3 2 --budgets 300 1000 3000 [--anomaly-steps 300 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdcompress.distill.run import RecipeRun, data_paths, eval_images, run_recipe
+from cdcompress.distill.stages import DistillStage, LevelState
+from cdcompress.distill.teachers import load_teacher
+from cdcompress.models import convert_cd_release, load
+from cdcompress.recipe import check_paths, load_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stage_references import RELEASE_DIR, stage3_from  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "wct_vgg19_cpu"
+BATCH = 4  # the recipe's batch in both stages: crops seen = steps * BATCH
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def budget_overrides(level: int, steps: int, seed: int) -> list[str]:
+    return [f"levels=[{level}]", f"seed={seed}", "embed.beta=10", f"stages.distill.steps={steps}",
+            f"stages.decoder.steps={5 * steps}", f"output.eval_every={max(100, steps // 3)}",
+            "stages.decoder.refit_output=true", "output.sample_every=0"]
+
+
+def run_budget(level: int, steps: int, seed: int, out: Path) -> dict[str, Any]:
+    """One recipe run at this budget (reused when its report exists)."""
+    run_dir = out / f"L{level}_s{seed}_{steps}-{5 * steps}"
+    sets = budget_overrides(level, steps, seed)
+    if not (run_dir / "report.json").is_file():
+        recipe = load_recipe(RECIPE, sets)
+        check_paths(recipe, RECIPE)
+        started = time.perf_counter()
+        run_recipe(recipe, run_dir)
+        log(f"L{level} {steps}+{5 * steps}: {time.perf_counter() - started:.0f} s")
+    report = json.loads((run_dir / "report.json").read_text())
+    entry = report["levels"][str(level)]
+    refit = next((n for n in report["notes"] if "refitted by least squares" in n), "")
+    before, after = (float(v) for v in refit.split("held-out ")[1].removesuffix(" dB").split(" -> "))
+    curves = report.get("heldout_curves", {})
+    decoder_curve = next((p for stage, p in curves.items() if stage.startswith("decoder")), [])
+    return {"level": level, "steps": steps, "decoder_steps": 5 * steps, "run_dir": str(run_dir),
+            "stage2_crops": steps * BATCH, "crops": 6 * steps * BATCH,
+            "through_collaborator": entry["through_collaborator_psnr"], "trained": before, "refit": after,
+            "decoder_start": decoder_curve[0][1] if decoder_curve else None, "curves": curves,
+            "seconds": report["stage_seconds"]}
+
+
+def anomaly(level: int, runs: list[dict[str, Any]], steps: list[int], decoder_steps: int, seed: int) -> dict[str, Any]:
+    """The same stage 3 (steps, data, start method) for the students of two stage-2 budgets."""
+    recipe = load_recipe(RECIPE, budget_overrides(level, steps[0], seed))
+    scratch = Path(runs[0]["run_dir"])
+    images = [x for _, x in eval_images(recipe, scratch)]
+    train = data_paths(recipe.data.train, scratch)
+    state = LevelState(level, load_teacher(recipe.teacher, level))
+    state.collaborator = state.teacher.decoder
+    result = {}
+    for budget in steps:
+        run = next(r for r in runs if r["steps"] == budget)
+        student = load(Path(run["run_dir"]) / "student")
+        distiller = DistillStage().prepare(RecipeRun(recipe, scratch), state)
+        result[str(budget)] = stage3_from(distiller, student.encoder(level), student.branches[level], recipe, train,
+                                          images, decoder_steps, seed, starts=("folded",))["folded"]
+        result[str(budget)]["through_collaborator"] = run["through_collaborator"]
+        log(f"anomaly L{level}: student of {budget} stage-2 steps, same {decoder_steps}-step stage 3: "
+            f"{result[str(budget)]['start']:.2f} -> {result[str(budget)]['trained']:.2f} dB")
+    return result
+
+
+def meeting_point(points: list[tuple[float, float]], target: float) -> dict[str, float] | None:
+    """Crops at which PSNR = a + b·log10(crops) reaches ``target``; the leave-one-out fits give the range."""
+    def solve(subset: list[tuple[float, float]]) -> float | None:
+        xs, ys = [math.log10(c) for c, _ in subset], [p for _, p in subset]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        if var == 0:
+            return None
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+        return None if b <= 0 else 10 ** (mx + (target - my) / b)
+
+    if len(points) < 2:
+        return None
+    best = solve(points)
+    others = [v for i in range(len(points)) if len(points) > 2
+              for v in [solve(points[:i] + points[i + 1:])] if v is not None]
+    if best is None:
+        return None
+    return {"crops": best, "low": min([best, *others]), "high": max([best, *others])}
+
+
+def plot(results: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted({r["level"] for r in results["runs"]}, reverse=True)
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.6 * len(levels), 4.0), squeeze=False)
+    for ax, level in zip(axes[0], levels, strict=True):
+        runs = sorted((r for r in results["runs"] if r["level"] == level), key=lambda r: r["steps"])
+        ref = results["references"][str(level)]
+        for run in runs:  # each run's own curves, stage 3 drawn after its stage 2
+            for stage, points in run["curves"].items():
+                offset = 0 if stage.startswith("distill") else run["stage2_crops"]
+                style = "--" if stage.startswith("distill") else "-"
+                ax.plot([max(1, offset + s * BATCH) for s, _ in points], [p for _, p in points], style, color="0.75",
+                        linewidth=0.8)
+        ax.plot([r["stage2_crops"] for r in runs], [r["through_collaborator"] for r in runs], "o--",
+                label="stage 2: collaborator decoding Q·F'")
+        ax.plot([r["crops"] for r in runs], [r["trained"] for r in runs], "s-", label="end to end, trained decoder")
+        ax.plot([r["crops"] for r in runs], [r["refit"] for r in runs], "^-", label="end to end, output refitted")
+        ax.axhline(ref["released"], color="black", linestyle=":", label=f"released SE{level}/SD{level}")
+        ax.axhline(ref["released_stage2"], color="black", linestyle="--", linewidth=0.7,
+                   label="released stage 2: D(Q·SE)")
+        ax.axhline(ref["teacher"], color="black", linestyle="-.", linewidth=0.7, label="teacher")
+        ax.axvline(1_655_664, color="red", linewidth=0.7, label="the authors' budget (1.66M crops)")
+        ax.set_xscale("log")
+        ax.set_xlabel("crops seen (128² here, 256² in the paper)")
+        ax.set_ylabel("held-out PSNR (dB)")
+        ax.set_title(f"level {level}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def references(levels: list[int], out: Path) -> dict[str, dict[str, float]]:
+    from cdcompress.ceiling import mean_psnr
+
+    recipe = load_recipe(RECIPE, [])
+    images = [x for _, x in eval_images(recipe, out / "scratch")]
+    refs = {}
+    for level in levels:
+        teacher = load_teacher(recipe.teacher, level)
+        released = convert_cd_release(RELEASE_DIR, levels=(level,))
+        branch = released.branches[level][f"relu{level}_1"]
+        refs[str(level)] = {
+            "teacher": mean_psnr(teacher.encoder.eval(), teacher.decoder.eval(), images),
+            "released": mean_psnr(released.encoder(level), released.decoder(level), images),
+            "released_stage2": mean_psnr(released.encoder(level), lambda f, b=branch, d=teacher.decoder: d(b(f)),
+                                         images)}
+    return refs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[3, 2])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[300, 1000, 3000], help="stage-2 steps")
+    parser.add_argument("--anomaly-steps", type=int, nargs="*", default=[300, 1000])
+    parser.add_argument("--anomaly-decoder-steps", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_quality")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if not RELEASE_DIR.is_dir():
+        raise SystemExit(f"needs {RELEASE_DIR} and the WCT teacher (../shared from the project root)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
+                               "command": "python benchmarks/time_to_quality.py " + " ".join(argv),
+                               "references": references(args.levels, args.out), "runs": [], "anomaly": {},
+                               "meeting": {}}
+    for level in args.levels:
+        for steps in args.budgets:
+            results["runs"].append(run_budget(level, steps, args.seed, args.out))
+            (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        runs = [r for r in results["runs"] if r["level"] == level]
+        released = results["references"][str(level)]["released"]
+        results["meeting"][str(level)] = {
+            kind: meeting_point([(r["crops"], r[kind]) for r in runs], released) for kind in ("trained", "refit")}
+        if level == max(args.levels) and len(args.anomaly_steps) == 2:
+            results["anomaly"][str(level)] = anomaly(level, runs, args.anomaly_steps, args.anomaly_decoder_steps,
+                                                     args.seed)
+    results["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    figure = plot(results, args.docs / "images" / "time_to_quality.png")
+    log(f"wrote {args.out / 'results.json'} and {figure}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
