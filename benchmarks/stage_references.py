@@ -103,11 +103,31 @@ def stage3_from(distiller: Distiller, encoder: nn.Module, branches: nn.Module, r
         result = train_decoder(f"stage3_L{level}_{name}", encoder, decoder, sampler, config, lambda_p=0.0,
                                held_out=images)
         trained = mean_psnr(encoder, decoder.eval(), images)
+        dead = dead_channels(encoder, decoder, images)
         refit_output_conv(encoder, decoder, [sampler[10 ** 6 + i] for i in range(-(-64 // stage.batch))])
         out[name] = {"start": start, "trained": trained, "refit": mean_psnr(encoder, decoder, images),
+                     "dead_channels": dead,
                      "seconds": round(time.perf_counter() - started, 1),
                      "curve": [(p["step"], p["heldout/psnr"]) for p in result.curve]}
     return out
+
+
+@torch.no_grad()
+def dead_channels(encoder: nn.Module, decoder: nn.Module, images: list[torch.Tensor]) -> tuple[int, int]:
+    """(channels, of all the decoder's ReLU channels) that output zero on every pixel of every held-out image: a
+    channel dead everywhere passes no gradient and never recovers."""
+    alive: dict[str, torch.Tensor] = {}
+    relus = {name: m for name, m in decoder.named_modules() if isinstance(m, nn.ReLU)}
+    hooks = [m.register_forward_hook(lambda _m, _a, out, n=name: alive.__setitem__(
+        n, alive.get(n, torch.zeros(out.shape[1], dtype=torch.bool)) | (out.amax((0, 2, 3)) > 0)))
+        for name, m in relus.items()]
+    try:
+        for x in images:
+            decoder(encoder(x))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(int((~a).sum()) for a in alive.values()), sum(a.numel() for a in alive.values())
 
 
 def linear_output(decoder: VGGDecoder) -> VGGDecoder:
@@ -123,7 +143,7 @@ def linear_output(decoder: VGGDecoder) -> VGGDecoder:
 
 # ---------------------------------------------------------------- the study
 def level_study(level: int, args: argparse.Namespace) -> dict[str, Any]:
-    recipe = load_recipe(RECIPE, [f"levels=[{level}]", f"seed={args.seed}"])
+    recipe = load_recipe(RECIPE, [f"levels=[{level}]", f"seed={args.seed}", *args.sets])
     run = RecipeRun(recipe, args.out / "scratch")
     images = [image for _, image in eval_images(recipe, args.out / "scratch")]
     state = LevelState(level, load_teacher(recipe.teacher, level))
@@ -182,8 +202,9 @@ def tables(results: dict[str, Any]) -> str:
              "(start → trained → output refit) | from d_base (start → trained → refit) |", "|---:|---:|---:|---:|---|---|"]
     for level, r in levels.items():
         s3 = r.get("released_stage3")
-        cells = [" → ".join(f"{s3[k][p]:.2f}" for p in ("start", "trained", "refit")) if s3 else "n/a"
-                 for k in ("folded", "d_base")]
+        cells = [" → ".join(f"{s3[k][p]:.2f}" for p in ("start", "trained", "refit"))
+                 + (f" ({s3[k]['dead_channels'][0]}/{s3[k]['dead_channels'][1]} dead)" if "dead_channels" in s3[k] else "")
+                 if s3 else "n/a" for k in ("folded", "d_base")]
         lines.append(f"| {level} | {r['teacher']:.2f} | {r['released']:.2f} | {r['released_stage2']:.2f} | "
                      f"{cells[0]} | {cells[1]} |")
     lines += ["", "| level | part | conv | kept | same filters as the release | release a slice of the teacher? |",
@@ -207,6 +228,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--students", nargs="*", default=[], help="NAME=model_dir of level-1 students to add to the "
                                                                    "linear-ceiling table")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override for stage 3, e.g. "
+                                                                                 "stages.decoder.lr=1e-3")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "stage_references")
     return parser.parse_args(argv)
 

@@ -72,24 +72,28 @@ def run_budget(level: int, steps: int, seed: int, out: Path) -> dict[str, Any]:
             "seconds": report["stage_seconds"]}
 
 
-def anomaly(level: int, runs: list[dict[str, Any]], steps: list[int], decoder_steps: int, seed: int) -> dict[str, Any]:
-    """The same stage 3 (steps, data, start method) for the students of two stage-2 budgets."""
-    recipe = load_recipe(RECIPE, budget_overrides(level, steps[0], seed))
-    scratch = Path(runs[0]["run_dir"])
-    images = [x for _, x in eval_images(recipe, scratch)]
-    train = data_paths(recipe.data.train, scratch)
-    state = LevelState(level, load_teacher(recipe.teacher, level))
-    state.collaborator = state.teacher.decoder
-    result = {}
-    for budget in steps:
-        run = next(r for r in runs if r["steps"] == budget)
-        student = load(Path(run["run_dir"]) / "student")
-        distiller = DistillStage().prepare(RecipeRun(recipe, scratch), state)
-        result[str(budget)] = stage3_from(distiller, student.encoder(level), student.branches[level], recipe, train,
-                                          images, decoder_steps, seed, starts=("folded",))["folded"]
-        result[str(budget)]["through_collaborator"] = run["through_collaborator"]
-        log(f"anomaly L{level}: student of {budget} stage-2 steps, same {decoder_steps}-step stage 3: "
-            f"{result[str(budget)]['start']:.2f} -> {result[str(budget)]['trained']:.2f} dB")
+def anomaly(level: int, runs: list[dict[str, Any]], steps: list[int], decoder_steps: int, seed: int,
+            rates: list[float]) -> dict[str, Any]:
+    """The same stage 3 (steps, data, folded start) for the students of two stage-2 budgets, at each learning rate."""
+    result: dict[str, Any] = {}
+    for rate in rates:
+        recipe = load_recipe(RECIPE, [*budget_overrides(level, steps[0], seed), f"stages.decoder.lr={rate}"])
+        scratch = Path(runs[0]["run_dir"])
+        images = [x for _, x in eval_images(recipe, scratch)]
+        train = data_paths(recipe.data.train, scratch)
+        state = LevelState(level, load_teacher(recipe.teacher, level))
+        state.collaborator = state.teacher.decoder
+        for budget in steps:
+            run = next(r for r in runs if r["steps"] == budget)
+            student = load(Path(run["run_dir"]) / "student")
+            distiller = DistillStage().prepare(RecipeRun(recipe, scratch), state)
+            measured = stage3_from(distiller, student.encoder(level), student.branches[level], recipe, train, images,
+                                   decoder_steps, seed, starts=("folded",))["folded"]
+            measured["through_collaborator"] = run["through_collaborator"]
+            result[f"{budget} @ lr {rate:g}"] = measured
+            log(f"anomaly L{level}: student of {budget} stage-2 steps, {decoder_steps}-step stage 3 at lr {rate:g}: "
+                f"{measured['start']:.2f} -> {measured['trained']:.2f} dB, {measured['dead_channels'][0]}/"
+                f"{measured['dead_channels'][1]} ReLU channels dead")
     return result
 
 
@@ -170,12 +174,38 @@ def references(levels: list[int], out: Path) -> dict[str, dict[str, float]]:
     return refs
 
 
+def summary(results: dict[str, Any]) -> str:
+    """The runs, the meeting points and the anomaly check as Markdown."""
+    lines = ["| level | stage-2 + stage-3 steps | crops (128²) | stage 2 via collaborator | decoder start | trained | "
+             "output refitted | released |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results["runs"]:
+        start = "n/a" if r["decoder_start"] is None else f"{r['decoder_start']:.2f}"
+        lines.append(f"| {r['level']} | {r['steps']} + {r['decoder_steps']} | {r['crops']:,} | "
+                     f"{r['through_collaborator']:.2f} | {start} | {r['trained']:.2f} | {r['refit']:.2f} | "
+                     f"{results['references'][str(r['level'])]['released']:.2f} |")
+    lines += ["", "| level | end-to-end figure | crops to meet the released student (log-linear fit) | leave-one-out range |",
+              "|---:|---|---:|---|"]
+    for level, kinds in results["meeting"].items():
+        for kind, point in kinds.items():
+            cells = (f"{point['crops']:.3g} | {point['low']:.3g} – {point['high']:.3g}" if point
+                     else "not reached (curve flat or falling) | n/a")
+            lines.append(f"| {level} | {kind} | {cells} |")
+    for level, students in results["anomaly"].items():
+        lines += ["", f"| level {level}: student of N stage-2 steps @ stage-3 lr | via collaborator | same stage 3: "
+                      "start | trained | refitted | dead ReLU channels |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {a['through_collaborator']:.2f} | {a['start']:.2f} | {a['trained']:.2f} | {a['refit']:.2f} | "
+                  f"{a['dead_channels'][0]}/{a['dead_channels'][1]} |" for n, a in students.items()]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--budgets", type=int, nargs="+", default=[300, 1000, 3000], help="stage-2 steps")
     parser.add_argument("--anomaly-steps", type=int, nargs="*", default=[300, 1000])
     parser.add_argument("--anomaly-decoder-steps", type=int, default=1500)
+    parser.add_argument("--anomaly-lr", type=float, nargs="+", default=[3e-3, 3e-4], help="stage-3 learning rates "
+                        "(the recipe's 3e-3, and a lower one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_quality")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -201,11 +231,20 @@ def main(argv: list[str]) -> None:
         results["meeting"][str(level)] = {
             kind: meeting_point([(r["crops"], r[kind]) for r in runs], released) for kind in ("trained", "refit")}
         if level == max(args.levels) and len(args.anomaly_steps) == 2:
-            results["anomaly"][str(level)] = anomaly(level, runs, args.anomaly_steps, args.anomaly_decoder_steps,
-                                                     args.seed)
+            cached = args.out / f"anomaly_L{level}.json"  # finished runs are reused, and so is this check
+            key = [args.anomaly_steps, args.anomaly_decoder_steps, args.anomaly_lr, args.seed]
+            if cached.is_file() and json.loads(cached.read_text())["key"] == key:
+                results["anomaly"][str(level)] = json.loads(cached.read_text())["result"]
+            else:
+                results["anomaly"][str(level)] = anomaly(level, runs, args.anomaly_steps, args.anomaly_decoder_steps,
+                                                         args.seed, args.anomaly_lr)
+                cached.write_text(json.dumps({"key": key, "result": results["anomaly"][str(level)]}) + "\n")
     results["minutes"] = round((time.perf_counter() - started) / 60, 1)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     figure = plot(results, args.docs / "images" / "time_to_quality.png")
+    text = summary(results)
+    (args.out / "tables.md").write_text(text + "\n")
+    print(text)
     log(f"wrote {args.out / 'results.json'} and {figure}")
 
 

@@ -186,15 +186,20 @@ class StageSpec(_Strict):
         return self
 
 
-class DecoderStageSpec(StageSpec):
-    init: Literal[DECODER_INITS] = "pruned"
+class DecoderTrainingSpec(StageSpec):
+    """A stage that trains a decoder (stage 1's collaborator, stage 3's small decoder)."""
+
     refit_output: bool = Field(False, description="after training, solve the decoder's output conv by least squares "
                                                   "(the pixel-MSE optimum given the layers before it; a level-1 VGG "
                                                   "decoder's whole conv); needs a decoder with a linear output")
 
 
+class DecoderStageSpec(DecoderTrainingSpec):
+    init: Literal[DECODER_INITS] = "pruned"
+
+
 class StagesSpec(_Strict):
-    collaborator: StageSpec = Field(default_factory=lambda: StageSpec(enabled=False))
+    collaborator: DecoderTrainingSpec = Field(default_factory=lambda: DecoderTrainingSpec(enabled=False))
     distill: StageSpec
     decoder: DecoderStageSpec
 

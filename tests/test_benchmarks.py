@@ -122,3 +122,32 @@ def test_cpu_runtimes() -> None:
 def test_train_allocator() -> None:
     out = run_benchmark("train_allocator.py", "--steps", "2", "--repeats", "1", "--crop", "48", "--level", "1")
     assert "| retained heap |" in out and "speed-up from the retained heap" in out
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")
+@NEEDS_SHARED
+def test_stage_references(tmp_path: Path) -> None:
+    """Each stage against the release at level 1: references, kept filters, stage 3 from both starts, ceilings."""
+    out = run_benchmark("stage_references.py", "--levels", "1", "--decoder-steps", "2", "--ceiling-batches", "1",
+                        "--out", tmp_path)
+    assert "| 1 | 28.27 | 45.26 | 30.09 |" in out  # teacher, SE1/SD1, D_teacher(Q·SE1) on the held-out photos
+    assert "| 1 | encoder | conv11 | 24 | 24 | yes |" in out  # our L1 slimming keeps e1_base's filters
+    assert "| released SE1 | 46.6" in out  # SE1's features allow more than SD1 reads from them
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")
+@NEEDS_SHARED
+def test_time_to_quality(tmp_path: Path) -> None:
+    out = run_benchmark("time_to_quality.py", "--levels", "2", "--budgets", "2", "4", "--anomaly-steps", "2", "4",
+                        "--anomaly-decoder-steps", "2", "--anomaly-lr", "1e-3", "--out", tmp_path / "runs",
+                        "--docs", tmp_path / "docs")
+    assert "| 2 | 2 + 10 | 48 |" in out and "| 2 | 4 + 20 | 96 |" in out and "| 4 @ lr 0.001 |" in out
+    assert (tmp_path / "docs" / "images" / "time_to_quality.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")
+@NEEDS_SHARED
+def test_stage_throughput(tmp_path: Path) -> None:
+    out = run_benchmark("stage_throughput.py", "--levels", "1", "--crop", "32", "--repeats", "1", "--rounds", "1",
+                        "--steps", "1", "--out", tmp_path)
+    assert "| teacher targets |" in out and "| perceptual pass |" in out and "| fp32 |" in out

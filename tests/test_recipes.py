@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def test_wct_vgg19_is_the_authors_training_script() -> None:
     stage lw_feat 10 / lw_pixl 1 / lw_perc 1 at relu1_1..relu{k}_1, small decoder pixel + 0.01 perceptual, both
     from L1-pruned copies, Adam 1e-4 without schedule, batch 16, resize 300 / crop 256, 20 epochs."""
     recipe = load_recipe("wct_vgg19")
-    assert recipe.levels == [1, 2, 3, 4, 5] and recipe.collaborator.source == "teacher"
+    assert recipe.levels == [1, 2, 3, 4, 5] and recipe.collaborator.source == "train"  # their own BD, 30 epochs
+    collaborator = recipe.stages.collaborator
+    assert (collaborator.enabled, collaborator.epochs, collaborator.batch, collaborator.lr) == (True, 30, 16, 1e-4)
+    assert (collaborator.lambda_p, collaborator.refit_output) == (None, False)
     assert (recipe.student.width, recipe.student.level_width) == (0.25, {1: {"conv11": 24}})
     assert (recipe.student.importance, recipe.student.init) == ("l1", "pruned")
     assert (recipe.embed.taps, recipe.embed.beta) == ("level", 10.0)
@@ -117,14 +121,17 @@ def test_wct_vgg19_is_the_authors_training_script() -> None:
 
 
 def test_level_one_recipe_changes_only_length_data_and_device() -> None:
-    """wct_vgg19_l1 is the authors' recipe run shorter on a CPU: every training choice is inherited."""
+    """wct_vgg19_l1 is the authors' recipe at its full length on a CPU: every training choice is inherited, but for
+    the one-conv collaborator solved by least squares instead of trained for 30 epochs."""
     official, level_one = load_recipe("wct_vgg19").model_dump(), load_recipe("wct_vgg19_l1").model_dump()
     for key in ("student", "embed", "objective", "collaborator"):
         assert level_one[key] == official[key], key
-    for stage in ("distill", "decoder"):
+    for stage, steps in (("collaborator", 1), ("distill", 103_479), ("decoder", 103_479)):
         ours, theirs = dict(level_one["stages"][stage]), dict(official["stages"][stage])
-        assert (ours.pop("steps"), ours.pop("epochs"), theirs.pop("steps")) == (2500, None, None)
-        theirs.pop("epochs")
+        assert (ours.pop("steps"), ours.pop("epochs"), theirs.pop("steps")) == (steps, None, None)
+        assert theirs.pop("epochs") * 82_783 / 16 == pytest.approx(103_479, abs=1) or stage == "collaborator"
+        if stage == "collaborator":
+            assert (ours.pop("refit_output"), theirs.pop("refit_output")) == (True, False)
         assert ours == theirs, stage
     assert (level_one["data"]["resize"], level_one["data"]["crop"]) == (300, 256)
 
@@ -165,13 +172,15 @@ def test_tiny_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
 def test_refit_output_finishes_stage_three_with_the_least_squares_output_conv(tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(VALID)
-    code, text = run("distill", "--recipe", path, "--out", tmp_path / "run", "--set", "stages.decoder.refit_output=true")
+    code, text = run("distill", "--recipe", path, "--out", tmp_path / "run", "--set", "stages.decoder.refit_output=true",
+                     "--set", "stages.collaborator.refit_output=true")
     assert code == 0, text
-    notes = [n for n in __import__("json").loads((tmp_path / "run" / "report.json").read_text())["notes"]
+    notes = [n for n in json.loads((tmp_path / "run" / "report.json").read_text())["notes"]
              if "refitted by least squares" in n]
-    assert len(notes) == 1
-    before, after = (float(v) for v in notes[0].split("held-out ")[1].removesuffix(" dB").split(" -> "))
-    assert after > before  # the solve beats 4 Adam steps on the held-out photos
+    assert [n.split("'s output")[0] for n in notes] == ["level 1: collaborator", "level 1: student decoder"]
+    for note in notes:
+        before, after = (float(v) for v in note.split("held-out ")[1].removesuffix(" dB").split(" -> "))
+        assert after > before  # the solve beats 4 Adam steps on the held-out photos
 
 
 def test_a_run_that_failed_before_training_can_be_run_again(tmp_path: Path) -> None:

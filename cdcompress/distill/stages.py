@@ -83,6 +83,8 @@ class CollaboratorStage:
             train_decoder(name, teacher.encoder, decoder, run.sampler(run.train_paths, stage.batch, 1), run.config(stage),
                           teacher.encoder, perceptual_taps(recipe, teacher.encoder, level), stage_lambda(stage, recipe),
                           run.run_dir, run.resume, held_out=run.curve_images())
+            if stage.refit_output:
+                refit_decoder_output(run, level, "collaborator", teacher.encoder, decoder, stage.batch)
         return freeze(decoder)
 
     def check(self, run: RecipeRun, state: LevelState) -> None:
@@ -172,7 +174,7 @@ class DecoderStage:
                                                init, stage_lambda(stage, recipe), run.run_dir, run.resume, name=name,
                                                held_out=run.curve_images())
             if stage.refit_output:
-                refit_decoder_output(run, state, decoder)
+                refit_decoder_output(run, level, "student decoder", distiller.deployable(), decoder, stage.batch)
         state.decoder = freeze(decoder)
 
 
@@ -180,24 +182,24 @@ class DecoderStage:
 REFIT_IMAGES = 64
 
 
-def refit_decoder_output(run: RecipeRun, state: LevelState, decoder: nn.Module) -> None:
-    """Stage 3's optional finish: the output conv set to its least-squares optimum for the frozen student and the
-    trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
+def refit_decoder_output(run: RecipeRun, level: int, what: str, encoder: nn.Module, decoder: nn.Module,
+                         batch: int) -> None:
+    """A decoder stage's optional finish: the output conv set to its least-squares optimum for the frozen encoder and
+    the trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
     from ..ceiling import mean_psnr, refit_output_conv
 
-    assert state.distiller is not None
-    recipe, stage = run.recipe, run.recipe.stages.decoder
+    recipe = run.recipe
     device = resolve_device(recipe.device)
-    encoder = state.distiller.deployable().to(device).eval()
-    sampler = run.sampler(run.train_paths, stage.batch, 5)
-    batches = [as_batch(sampler[i]).to(device) for i in range(-(-REFIT_IMAGES // stage.batch))]
+    encoder = encoder.to(device).eval()
+    sampler = run.sampler(run.train_paths, batch, 5)
+    batches = [as_batch(sampler[i]).to(device) for i in range(-(-REFIT_IMAGES // batch))]
     # Held-out images judge autoencoding only (paired data's held-out images have no targets here).
     held_out = [] if batches[0].paired else [x.to(device) for _, x in run.held_out_images()]
     before = mean_psnr(encoder, decoder.eval(), held_out) if held_out else None
     refit_output_conv(encoder, decoder, batches, seed=recipe.seed)
     if before is not None:
         after = mean_psnr(encoder, decoder, held_out)
-        run.note(f"level {state.level}: output conv refitted by least squares, held-out {before:.2f} -> {after:.2f} dB")
+        run.note(f"level {level}: {what}'s output conv refitted by least squares, held-out {before:.2f} -> {after:.2f} dB")
 
 
 #: What a recipe run does for each level, in order.
