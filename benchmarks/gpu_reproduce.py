@@ -47,6 +47,9 @@ from cdcompress.models.converters import convert_wct_pytorch, wct_levels
 from cdcompress.models.format import CDModel
 from cdcompress.recipe import Recipe, check_paths, load_recipe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import finish_axes, save_figure  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RECIPE = "wct_vgg19"
@@ -257,16 +260,10 @@ def curve_png(curves: dict[str, list[list[float]]], batches: dict[str, int], psn
     for name, style, colour in (("released", ":", "black"), ("teacher", "-.", "dimgrey")):
         ax.axhline(psnrs[name], color=colour, linewidth=0.8, linestyle=style, label=f"{name} {psnrs[name]:.2f} dB")
     ax.axvline(PAPER_CROPS, color="grey", linewidth=0.8, linestyle="--", label="paper's crops per network")
-    ax.set_xscale("log")
-    ax.set_xlabel("crops seen by the network trained (steps x batch; step 0 off the log axis)")
-    ax.set_ylabel("held-out PSNR (dB)")
-    ax.set_title(f"WCT level {level}, official settings (wct_vgg19)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    finish_axes(ax, f"WCT level {level}, official settings (wct_vgg19)",
+                "crops seen by the network trained (steps x batch; step 0 off the log axis)", "held-out PSNR (dB)",
+                log_x=True, legend_size=7)
+    return save_figure(fig, out)
 
 
 def device_name(device: torch.device) -> str:

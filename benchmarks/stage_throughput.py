@@ -4,7 +4,8 @@ For the real WCT teacher at each level (the ``wct_vgg19_cpu`` recipe's student, 
 split into its parts: teacher targets (one no-grad pass for every tap and perceptual target), student + branches,
 collaborator, perceptual pass on the reconstruction, backward, Adam; stage 3's step (decoder only) beside it. Then
 whole steps of each variant, interleaved round by round so all see the same machine load: fp32, bf16 autocast
-(CPUs with bf16 instructions), channels-last, and stage 2 without its perceptual term (what the pass costs).
+(CPUs with bf16 instructions), channels-last batches, both, and stage 2 without its perceptual term (λp 0 skips
+the pass: what it costs).
 Crops per second are medians over the rounds.
 
     python benchmarks/stage_throughput.py --levels 1 3 --batch 4 --crop 128 [--batch 16 --crop 256]
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cdcompress.allocator import retained_heap
 from cdcompress.data import CropSampler
 from cdcompress.distill.run import RecipeRun, data_paths
 from cdcompress.distill.stages import DistillStage, LevelState
@@ -85,17 +87,22 @@ def part_times(d: Any, x: torch.Tensor, repeats: int) -> dict[str, float]:
 
 @contextlib.contextmanager
 def variant_context(name: str) -> Iterator[None]:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16 autocast"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in name):
         yield
 
 
 def stage2_step(distiller: Any, x: torch.Tensor, optimizer: torch.optim.Optimizer, variant: str) -> None:
     optimizer.zero_grad(set_to_none=True)
-    with variant_context(variant):
-        terms = distiller.losses(x)
-        loss = terms["total"] - terms["perceptual"] if variant == "no perceptual term" else terms["total"]
-    loss.backward()
-    optimizer.step()
+    objective = distiller.objective
+    weight = objective.lambda_p
+    objective.lambda_p = 0.0 if variant == "no perceptual term" else weight  # the pass itself is skipped at 0
+    try:
+        with variant_context(variant):
+            loss = distiller.losses(x)["total"]
+        loss.backward()
+        optimizer.step()
+    finally:
+        objective.lambda_p = weight
 
 
 def stage3_step(encoder: Any, decoder: Any, perceptual: FeatureExtractor | None, x: torch.Tensor,
@@ -126,10 +133,8 @@ def interleaved(level_setup: dict[str, Any], variants: list[str], rounds: int, s
                                                      "stage 3 (pixel + 0.01 perceptual)": []} for v in variants}
     for _ in range(rounds):
         for variant in variants:
-            cl = variant == "channels-last"
-            xv = x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
-            for module in (distiller.teacher, distiller.collaborator, distiller.student, decoder, encoder):
-                module.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            # channels-last as the trainer applies it: the batch only (the convs then run NHWC end to end)
+            xv = x.contiguous(memory_format=torch.channels_last) if "channels-last" in variant else x.contiguous()
             jobs = {"stage 2": lambda xv=xv, v=variant: stage2_step(distiller, xv, opt2, v),
                     "stage 3 (pixel)": lambda xv=xv, v=variant: stage3_step(encoder, decoder, None, xv, opt3, v),
                     "stage 3 (pixel + 0.01 perceptual)":
@@ -156,14 +161,16 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     bf16 = torch.backends.mkldnn.is_available() and "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    variants = ["fp32", *(["bf16 autocast"] if bf16 else []), "channels-last", "no perceptual term"]
+    variants = ["fp32", *(["bf16 autocast"] if bf16 else []), "channels-last",
+                *(["channels-last + bf16 autocast"] if bf16 else []), "no perceptual term"]
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": torch.get_num_threads(),
                                "batch": args.batch, "crop": args.crop, "levels": {}}
     lines = [f"batch {args.batch} of {args.crop}² crops, {torch.get_num_threads()} threads, {results['date']}", ""]
     for level in args.levels:
         ready = setup(level, args.batch, args.crop, args.out)
-        parts = part_times(ready["distiller"], ready["x"], args.repeats)
-        speeds = interleaved(ready, variants, args.rounds, args.steps)
+        with retained_heap():  # as the trainer runs a CPU stage (without it most time goes to page faults)
+            parts = part_times(ready["distiller"], ready["x"], args.repeats)
+            speeds = interleaved(ready, variants, args.rounds, args.steps)
         results["levels"][str(level)] = {"parts_seconds": parts, "crops_per_second": speeds}
         total = sum(parts.values())
         lines += [f"| level {level}, stage-2 step part | ms per step | share |", "|---|---:|---:|"]

@@ -32,6 +32,7 @@ from cdcompress.models import convert_cd_release, load
 from cdcompress.recipe import check_paths, load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import finish_axes, save_figure  # noqa: E402
 from stage_references import RELEASE_DIR, stage3_from  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,8 @@ def meeting_point(points: list[tuple[float, float]], target: float) -> dict[str,
         if var == 0:
             return None
         b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-        return None if b <= 0 else 10 ** (mx + (target - my) / b)
+        exponent = mx + (target - my) / b if b > 0 else math.inf
+        return None if exponent > 15 else 10 ** exponent  # flat, falling, or beyond 1e15 crops: not reached
 
     if len(points) < 2:
         return None
@@ -144,16 +146,9 @@ def plot(results: dict[str, Any], out: Path) -> Path:
                    label="released stage 2: D(Q·SE)")
         ax.axhline(ref["teacher"], color="black", linestyle="-.", linewidth=0.7, label="teacher")
         ax.axvline(1_655_664, color="red", linewidth=0.7, label="the authors' budget (1.66M crops)")
-        ax.set_xscale("log")
-        ax.set_xlabel("crops seen (128² here, 256² in the paper)")
-        ax.set_ylabel("held-out PSNR (dB)")
-        ax.set_title(f"level {level}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+        finish_axes(ax, f"level {level}", "crops seen (128² here, 256² in the paper)", "held-out PSNR (dB)", log_x=True,
+                    legend_loc="lower left")
+    return save_figure(fig, out)
 
 
 def references(levels: list[int], out: Path) -> dict[str, dict[str, float]]:
@@ -183,7 +178,7 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"| {r['level']} | {r['steps']} + {r['decoder_steps']} | {r['crops']:,} | "
                      f"{r['through_collaborator']:.2f} | {start} | {r['trained']:.2f} | {r['refit']:.2f} | "
                      f"{results['references'][str(r['level'])]['released']:.2f} |")
-    lines += ["", "| level | end-to-end figure | crops to meet the released student (log-linear fit) | leave-one-out range |",
+    lines += ["", "| level | figure | crops to meet the released figure (log-linear fit) | leave-one-out range |",
               "|---:|---|---:|---|"]
     for level, kinds in results["meeting"].items():
         for kind, point in kinds.items():
@@ -207,6 +202,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--anomaly-lr", type=float, nargs="+", default=[3e-3, 3e-4], help="stage-3 learning rates "
                         "(the recipe's 3e-3, and a lower one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finished-only", action="store_true", help="leave out budgets without a finished run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_quality")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     return parser.parse_args(argv)
@@ -224,12 +220,17 @@ def main(argv: list[str]) -> None:
                                "meeting": {}}
     for level in args.levels:
         for steps in args.budgets:
+            if args.finished_only and not (args.out / f"L{level}_s{args.seed}_{steps}-{5 * steps}" / "report.json").is_file():
+                continue  # a budget not run at this level (assembling the page from what exists)
             results["runs"].append(run_budget(level, steps, args.seed, args.out))
             (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         runs = [r for r in results["runs"] if r["level"] == level]
-        released = results["references"][str(level)]["released"]
+        refs = results["references"][str(level)]
         results["meeting"][str(level)] = {
-            kind: meeting_point([(r["crops"], r[kind]) for r in runs], released) for kind in ("trained", "refit")}
+            "stage 2 via collaborator (vs D(Q·SE))": meeting_point(
+                [(r["stage2_crops"], r["through_collaborator"]) for r in runs], refs["released_stage2"]),
+            **{kind: meeting_point([(r["crops"], r[kind]) for r in runs], refs["released"])
+               for kind in ("trained", "refit")}}
         if level == max(args.levels) and len(args.anomaly_steps) == 2:
             cached = args.out / f"anomaly_L{level}.json"  # finished runs are reused, and so is this check
             key = [args.anomaly_steps, args.anomaly_decoder_steps, args.anomaly_lr, args.seed]
@@ -241,6 +242,7 @@ def main(argv: list[str]) -> None:
                 cached.write_text(json.dumps({"key": key, "result": results["anomaly"][str(level)]}) + "\n")
     results["minutes"] = round((time.perf_counter() - started) / 60, 1)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.docs / "images").mkdir(parents=True, exist_ok=True)
     figure = plot(results, args.docs / "images" / "time_to_quality.png")
     text = summary(results)
     (args.out / "tables.md").write_text(text + "\n")

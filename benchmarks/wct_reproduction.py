@@ -38,6 +38,9 @@ from cdcompress.models.format import CDModel
 from cdcompress.recipe import check_paths, load_recipe
 from cdcompress.stylize import stylize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import finish_axes, save_figure  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TEACHER_DIR = SHARED / "reference" / "wct-vgg19"
@@ -172,15 +175,9 @@ def curves_png(results: dict[str, Any], references: dict[int, dict[str, dict[str
             ax.plot([offset + x for x in x3], y3, "-", color=colour, linewidth=1.2, label=label)
         for name, style in (("released", ":"), ("teacher", "-.")):
             ax.axhline(references[level][name]["psnr"], color="black", linewidth=0.8, linestyle=style, label=name)
-        ax.set_title(f"level {level}: held-out PSNR (-- stage 2 via collaborator, — stage 3)", fontsize=8)
-        ax.set_xlabel("training step (stage 2, then stage 3)")
-        ax.set_ylabel("dB")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+        finish_axes(ax, f"level {level}: held-out PSNR (-- stage 2 via collaborator, — stage 3)",
+                    "training step (stage 2, then stage 3)", "dB", title_size=8)
+    return save_figure(fig, out)
 
 
 # ---------------------------------------------------------------- report

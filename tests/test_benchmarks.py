@@ -132,7 +132,8 @@ def test_stage_references(tmp_path: Path) -> None:
                         "--out", tmp_path)
     assert "| 1 | 28.27 | 45.26 | 30.09 |" in out  # teacher, SE1/SD1, D_teacher(Q·SE1) on the held-out photos
     assert "| 1 | encoder | conv11 | 24 | 24 | yes |" in out  # our L1 slimming keeps e1_base's filters
-    assert "| released SE1 | 46.6" in out  # SE1's features allow more than SD1 reads from them
+    ceiling = float(out.split("| released SE1 | ")[1].split(" |")[0])
+    assert ceiling > 45.26  # SE1's features allow more than SD1 reads from them (46.60 with the default 4 batches)
 
 
 @pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")

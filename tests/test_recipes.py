@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -208,3 +210,23 @@ def test_amp_off_written_bare_in_yaml(tmp_path: Path) -> None:
     assert load_recipe(tmp_path / "base.yaml", ["stages.distill.amp=bf16"]).stages.distill.amp == "bf16"
     with pytest.raises(RecipeError, match="amp"):
         load_recipe(tmp_path / "base.yaml", ["stages.distill.amp=on"])
+
+
+def test_channels_last_and_bf16_train_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """CPU stages honour channels_last, and amp bf16 where the CPU has native bf16 (else one warning, float32)."""
+    from cdcompress.distill.trainer import autocast_applies, cpu_has_bf16
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(VALID)
+    sets = [f"stages.{stage}.{key}" for stage in ("collaborator", "distill", "decoder")
+            for key in ("channels_last=true", "amp=bf16")]
+    code, text = run("distill", "--recipe", path, "--out", tmp_path / "run", *[a for s in sets for a in ("--set", s)])
+    assert code == 0, text
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    totals = [r["total"] for r in losses if "total" in r]
+    assert totals and all(math.isfinite(t) for t in totals)
+    assert autocast_applies("bf16", torch.device("cpu")) == cpu_has_bf16()
+    with caplog.at_level("WARNING"):
+        assert not autocast_applies("fp16", torch.device("cpu"))
+    assert "does not apply on cpu" in caplog.text
+    assert not autocast_applies("off", torch.device("cpu"))

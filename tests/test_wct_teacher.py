@@ -99,7 +99,7 @@ def test_untrained_collaborator_stops_the_run(images_dir: Path, tmp_path: Path) 
     spec = VGGSpec.vgg19(1)
     save(CDModel(encoders={1: VGGEncoder(spec)}, decoders={1: VGGDecoder(spec)}), tmp_path / "untrained")
     args = ["distill", "--recipe", "wct_vgg19", "--set", "device=cpu", "--set", f"teacher.path={tmp_path / 'untrained'}",
-            "--set", "levels=[1]", "--set", f"data.train=[{images_dir / 'content'}]",
+            "--set", "collaborator.source=teacher", "--set", "levels=[1]", "--set", f"data.train=[{images_dir / 'content'}]",
             "--set", f"data.eval=[{images_dir / 'style' / 'in3.jpg'}]", "--set", "data.eval_size=64",
             "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(main, args)
@@ -113,7 +113,8 @@ def test_dry_run_prints_the_measured_plan_and_writes_nothing(teacher_dir: Path, 
             "--set", "data.eval_size=256", "--set", "levels=[1,2]", "--out", str(tmp_path / "run"), "--dry-run"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "collaborator: the teacher's decoder, reconstruction" in result.output
+    assert "collaborator: trained in stage 1, starting from the teacher's decoder" in result.output  # as the authors
+    assert "| collaborator (stage 1) |" in result.output
     assert "| encoder.conv11 | 64 | 24 | 24 |" in result.output  # level 1: the paper's 24 filters
     assert "encoder 112,588 -> 7,420 parameters" in result.output
     n_content = len(list((images_dir / "content").iterdir()))

@@ -80,7 +80,8 @@ def _level_plan(run: RecipeRun, level: int) -> list[str]:
     else:
         teacher = state.teacher
         state.collaborator = teacher.decoder if teacher.decoder is not None else fresh_decoder(teacher.encoder, level)
-        lines.append("collaborator: trained in stage 1")
+        start = "the teacher's decoder" if teacher.decoder is not None else "a fresh decoder"
+        lines.append(f"collaborator: trained in stage 1, starting from {start}")
     distiller = DistillStage().prepare(run, state)
     lines += ["", distiller.slimmed.summary(), ""]
     return lines

@@ -129,8 +129,12 @@ class RecipeRun:
     def levels(self) -> list[int]:
         """The recipe's levels that the teacher can serve (a WCT teacher converted from levels 1-3, say)."""
         wanted = self.recipe.levels
-        sources = {"model": spec_levels, "wct-pytorch": wct_levels, "wct-vgg19": _located_wct_levels}
-        if self.recipe.teacher.source not in sources or self.recipe.collaborator.source != "teacher":
+        # A WCT folder's encoders come with its decoders, so its levels bound a run even when stage 1 trains the
+        # collaborators; a model directory's usable levels count only when its decoders are the collaborators.
+        sources = {"wct-pytorch": wct_levels, "wct-vgg19": _located_wct_levels}
+        if self.recipe.collaborator.source == "teacher":
+            sources["model"] = spec_levels
+        if self.recipe.teacher.source not in sources:
             return wanted
         have = sources[self.recipe.teacher.source](self.recipe.teacher.path)  # from names and specs, no weights
         usable = [k for k in wanted if k in have]
