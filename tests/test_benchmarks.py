@@ -5,6 +5,7 @@ The documented full runs take minutes to an hour each; these keep the scripts fr
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -152,3 +153,24 @@ def test_stage_throughput(tmp_path: Path) -> None:
     out = run_benchmark("stage_throughput.py", "--levels", "1", "--crop", "32", "--repeats", "1", "--rounds", "1",
                         "--steps", "1", "--out", tmp_path)
     assert "| teacher targets |" in out and "| perceptual pass |" in out and "| fp32 |" in out
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "reference" / "wct-vgg19").is_dir(), reason="no WCT teacher")
+@NEEDS_SHARED
+def test_ship_student_records_both_protocols_and_refuses_a_wrong_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny_l1.yaml"
+    recipe.write_text(f"name: tiny_l1\nextends: {REPO_ROOT / 'recipes' / 'wct_vgg19_l1_cpu.yaml'}\n"
+                      "data: {resize: 64, crop: 48}\nstages:\n  distill: {steps: 2}\n  decoder: {steps: 2}\n"
+                      "output: {eval_every: 0, checkpoint_every: 0}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO_ROOT)}
+    cli = [str(Path(sys.executable).parent / "cdcompress"), "distill", "--recipe", str(recipe), "--out", str(tmp_path / "run")]
+    assert subprocess.run(cli, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600).returncode == 0
+    out = run_benchmark("ship_student.py", tmp_path / "run", "--recipe", recipe, "--out", tmp_path / "model")
+    record = json.loads((tmp_path / "model" / "reproduction.json").read_text())
+    assert record["recipe"] == str(recipe) and record["released_se1_sd1"]["heldout_psnr"] == pytest.approx(45.26, abs=0.01)
+    assert f"| {record['heldout_psnr']:.2f} |" in out
+    wrong = subprocess.run([sys.executable, str(BENCH / "ship_student.py"), str(tmp_path / "run"), "--recipe",
+                            "wct_vgg19_l1_cpu", "--out", str(tmp_path / "other")], capture_output=True, text=True,
+                           env=env, cwd=REPO_ROOT, timeout=600)
+    assert wrong.returncode != 0 and "differs from recipe wct_vgg19_l1_cpu" in wrong.stderr
+    assert not (tmp_path / "other").exists()
