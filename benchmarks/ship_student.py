@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.ceiling import mean_psnr
 from cdcompress.distill.run import eval_images
 from cdcompress.evaluate import image_files, reconstruction
+from cdcompress.metrics import mean_psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.recipe import load_recipe
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdcompress.ceiling import linear_ceiling, mean_psnr, refit_output_conv
+from cdcompress.ceiling import linear_ceiling, refit_output_conv
 from cdcompress.data import CropSampler
 from cdcompress.distill.decoder import starting_decoder, train_decoder
 from cdcompress.distill.distiller import Distiller
@@ -36,6 +36,7 @@ from cdcompress.distill.run import RecipeRun, data_paths, eval_images
 from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
 from cdcompress.distill.trainer import TrainConfig
+from cdcompress.metrics import mean_psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.checkpoint import read_state_dict
 from cdcompress.models.vgg import VGGDecoder, conv_names
@@ -49,6 +50,18 @@ RECIPE = "wct_vgg19_cpu"  # its eval protocol, training photos and stage-3 setti
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def release_references(level: int, teacher_encoder: nn.Module, teacher_decoder: nn.Module,
+                       images: list[torch.Tensor]) -> dict[str, float]:
+    """The bars every stage is judged against: the teacher pair, SE{k}/SD{k}, and the teacher's decoder reading
+    the released Q·SE{k} (stage 2's reference)."""
+    released = convert_cd_release(RELEASE_DIR, levels=(level,))
+    branch = released.branches[level][f"relu{level}_1"]
+    teacher_encoder, teacher_decoder = teacher_encoder.eval(), teacher_decoder.eval()
+    return {"teacher": mean_psnr(teacher_encoder, teacher_decoder, images),
+            "released": mean_psnr(released.encoder(level), released.decoder(level), images),
+            "released_stage2": mean_psnr(released.encoder(level), lambda f: teacher_decoder(branch(f)), images)}
 
 
 # ---------------------------------------------------------------- the start: kept filters
@@ -148,14 +161,8 @@ def level_study(level: int, args: argparse.Namespace) -> dict[str, Any]:
     images = [image for _, image in eval_images(recipe, args.out / "scratch")]
     state = LevelState(level, load_teacher(recipe.teacher, level))
     state.collaborator = state.teacher.decoder
-    teacher_enc, teacher_dec = state.teacher.encoder.eval(), state.collaborator.eval()
     released = convert_cd_release(RELEASE_DIR, levels=(level,))
-    branch = released.branches[level][f"relu{level}_1"]
-    out: dict[str, Any] = {
-        "teacher": mean_psnr(teacher_enc, teacher_dec, images),
-        "released": mean_psnr(released.encoder(level), released.decoder(level), images),
-        "released_stage2": mean_psnr(released.encoder(level), lambda f: teacher_dec(branch(f)), images),
-    }
+    out: dict[str, Any] = release_references(level, state.teacher.encoder, state.collaborator, images)
     distiller = DistillStage().prepare(run, state)
     out["kept_filters"] = kept_filter_agreement(level, distiller.slimmed.kept, state)
     log(f"level {level}: teacher {out['teacher']:.2f}, released {out['released']:.2f}, released stage 2 "

@@ -58,10 +58,9 @@ def setup(level: int, batch: int, crop: int, out: Path) -> dict[str, Any]:
     return {"distiller": distiller, "x": sampler[0], "decoder": distiller.decoder_init}
 
 
-def part_times(d: Any, x: torch.Tensor, repeats: int) -> dict[str, float]:
+def part_times(distiller: Any, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """Seconds per stage-2 step spent in each part (forward parts under no_grad; backward and Adam measured on the
     whole loss)."""
-    distiller = d
     params = [p for m in distiller.trainable_modules().values() for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-4)
     with torch.no_grad():

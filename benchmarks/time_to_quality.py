@@ -28,12 +28,12 @@ import torch
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images, run_recipe
 from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
-from cdcompress.models import convert_cd_release, load
+from cdcompress.models import load
 from cdcompress.recipe import check_paths, load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import finish_axes, save_figure  # noqa: E402
-from stage_references import RELEASE_DIR, stage3_from  # noqa: E402
+from stage_references import RELEASE_DIR, release_references, stage3_from  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "wct_vgg19_cpu"
@@ -152,20 +152,12 @@ def plot(results: dict[str, Any], out: Path) -> Path:
 
 
 def references(levels: list[int], out: Path) -> dict[str, dict[str, float]]:
-    from cdcompress.ceiling import mean_psnr
-
     recipe = load_recipe(RECIPE, [])
     images = [x for _, x in eval_images(recipe, out / "scratch")]
     refs = {}
     for level in levels:
         teacher = load_teacher(recipe.teacher, level)
-        released = convert_cd_release(RELEASE_DIR, levels=(level,))
-        branch = released.branches[level][f"relu{level}_1"]
-        refs[str(level)] = {
-            "teacher": mean_psnr(teacher.encoder.eval(), teacher.decoder.eval(), images),
-            "released": mean_psnr(released.encoder(level), released.decoder(level), images),
-            "released_stage2": mean_psnr(released.encoder(level), lambda f, b=branch, d=teacher.decoder: d(b(f)),
-                                         images)}
+        refs[str(level)] = release_references(level, teacher.encoder, teacher.decoder, images)
     return refs
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import as_batch
 from .errors import CDCompressError
-from .metrics import psnr
+from .metrics import mean_psnr
 
 
 def output_conv(decoder: nn.Module) -> nn.Conv2d:
@@ -83,12 +83,6 @@ def refit_output_conv(encoder: nn.Module, decoder: nn.Module, batches: Iterable[
         conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype, device=conv.weight.device))
     conv.bias.copy_(solution[-1].to(conv.bias.dtype))
     return conv
-
-
-@torch.no_grad()
-def mean_psnr(encoder: nn.Module, decoder: nn.Module, images: Sequence[torch.Tensor]) -> float:
-    """Mean PSNR (dB) of ``decoder(encoder(x))`` clamped to [0, 1] against each ``x``."""
-    return sum(psnr(decoder(encoder(x)).clamp(0, 1), x) for x in images) / len(images)
 
 
 def linear_ceiling(encoder: nn.Module, decoder: nn.Module, batches: Iterable[object],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,13 @@ def psnr(output: torch.Tensor, target: torch.Tensor, peak: float = 1.0) -> float
     """Peak signal-to-noise ratio in dB over all pixels and channels (``inf`` if identical)."""
     mse = F.mse_loss(output.double(), target.double()).item()
     return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
+
+
+@torch.no_grad()
+def mean_psnr(encoder: Callable[[torch.Tensor], Any], decoder: Callable[[Any], torch.Tensor],
+              images: Sequence[torch.Tensor]) -> float:
+    """Mean PSNR (dB) of ``decoder(encoder(x))`` clamped to [0, 1] against each ``x``: an autoencoder's held-out score."""
+    return sum(psnr(decoder(encoder(x)).clamp(0, 1), x) for x in images) / len(images)
 
 
 def _gaussian_window(size: int, sigma: float, channels: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..data import as_batch
 from ..device import resolve_device
 from ..embed import flatten_outputs
 from ..errors import CDCompressError
-from ..metrics import psnr
+from ..metrics import mean_psnr, psnr
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..modules import freeze
 from ..recipe import Recipe, StageSpec, plugin_reference
@@ -186,7 +186,7 @@ def refit_decoder_output(run: RecipeRun, level: int, what: str, encoder: nn.Modu
                          batch: int) -> None:
     """A decoder stage's optional finish: the output conv set to its least-squares optimum for the frozen encoder and
     the trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
-    from ..ceiling import mean_psnr, refit_output_conv
+    from ..ceiling import refit_output_conv
 
     recipe = run.recipe
     device = resolve_device(recipe.device)

@@ -8,6 +8,7 @@ step (see :mod:`cdcompress.data`), so an interrupted run continues to bit-identi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -400,6 +401,7 @@ def _check_state(module: nn.Module, state: dict) -> None:
             raise ValueError(f"{key}: shape {tuple(state[key].shape)} instead of {tuple(value.shape)}")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 autocast is emulated and slower."""
     capability = torch.backends.cpu.get_cpu_capability()
