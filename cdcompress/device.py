@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .errors import CDCompressError
@@ -29,3 +31,10 @@ def resolve_device(name: str | torch.device) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise CDCompressError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or mps")
     return device
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s first parameter (or buffer) lives: probe inputs must go there (the host for a module
+    without tensors)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")

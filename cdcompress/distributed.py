@@ -208,11 +208,19 @@ def synced_batchnorm(modules: Iterable[nn.Module], device: torch.device) -> Iter
             setattr(parent, name, original)
 
 
+def collective_device() -> torch.device:
+    """Where this process's collectives take their tensors: its GPU under NCCL (which rejects host tensors), else
+    the host (gloo)."""
+    if dist.is_available() and dist.is_initialized() and str(dist.get_backend()).lower() == "nccl":
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
 def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     """Average logged loss terms over processes so rank 0 reports the global batch's loss."""
     if world_size() == 1 or not values:
         return values
     keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return dict(zip(keys, (tensor / world_size()).tolist(), strict=True))

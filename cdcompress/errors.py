@@ -7,6 +7,8 @@ turns it into ``error: ...`` and exit code 2 instead of a traceback.
 
 from __future__ import annotations
 
+import reprlib
+
 
 class CDCompressError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
@@ -27,3 +29,15 @@ class ModelFormatError(CDCompressError):
 
 class ImageError(CDCompressError):
     """An image that cannot be decoded or is outside the supported bounds."""
+
+
+def _short_repr() -> reprlib.Repr:
+    limited = reprlib.Repr()
+    limited.maxstring = limited.maxother = 60
+    limited.maxlist = limited.maxtuple = limited.maxdict = limited.maxset = 4
+    limited.maxlevel = 2
+    return limited
+
+
+#: ``repr`` cut short for messages: a hostile input must not become a megabyte-long error line.
+short_repr = _short_repr().repr

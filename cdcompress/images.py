@@ -2,8 +2,9 @@
 
 Every input mode Pillow decodes (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) is
 normalised to 8-bit-equivalent RGB; anything undecodable is one :class:`ImageError` line.
-Pillow's decompression-bomb guard (~179 Mpx) is raised on purpose to :data:`MAX_IMAGE_PIXELS`
-so ultra-resolution inputs (16384x16384 = 268 Mpx) decode; larger images are refused clearly.
+Files are opened with the reader of their format directly (:func:`open_image`), so cdcompress's own
+bound :data:`MAX_IMAGE_PIXELS` replaces Pillow's process-wide decompression-bomb guard (~179 Mpx) for
+ultra-resolution inputs (16384x16384 = 268 Mpx) without changing Pillow's setting for the process.
 
 Images too large to hold as floats are decoded band by band into a caller's canvas
 (:func:`decode_to_canvas`) and written from row bands (:func:`save_output`, PNG as a stream), so
@@ -12,9 +13,8 @@ the float image never exists in memory; the canvases themselves live in ``styliz
 
 from __future__ import annotations
 
+import os
 import struct
-import threading
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +23,18 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (
+    BmpImagePlugin,  # noqa: F401  (imported to register the readers in Image.OPEN)
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    PpmImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
 
 from .atomic import staged_file
 from .errors import CDCompressError, ImageError
@@ -31,7 +42,9 @@ from .errors import CDCompressError, ImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Largest image decoded, in pixels (32768x32768, 3 GiB as 8-bit RGB): above it a file is refused.
 MAX_IMAGE_PIXELS = 1 << 30
-_GUARD_LOCK = threading.RLock()
+#: Pillow readers tried, in order: raster formats only (PostScript/EPS would run Ghostscript, fonts/icons are
+#: not photos).
+READ_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF", "PPM")
 #: What Pillow raises for a file it cannot decode (callers turn these into one-line ImageErrors).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 #: Rows decoded, converted or encoded per step when streaming whole images.
@@ -51,35 +64,51 @@ def _too_large(path: Path, size: tuple[int, int]) -> ImageError:
 
 def decode_error(path: str | Path, exc: BaseException) -> ImageError:
     """The one-line :class:`ImageError` for a decoding failure ``exc`` of ``path``."""
-    if isinstance(exc, Image.DecompressionBombError):
-        return ImageError(f"{path}: image exceeds cdcompress's bound of {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx; downscale it")
+    if isinstance(exc, Image.DecompressionBombError):  # a frame or tile beyond Pillow's own guard while decoding
+        return ImageError(f"{path}: image exceeds Pillow's decompression-bomb bound for its format ({exc}); downscale it "
+                          "or save it as PNG/JPEG")
     return ImageError(f"{path}: cannot decode image ({exc}); use a valid JPEG/PNG file")
+
+
+def _open_reader(path: Path) -> Image.Image:
+    """``Image.open`` minus its process-wide bomb check: the reader that accepts the file's first bytes.
+
+    Readers parse the header only (size, mode); the caller bounds the size before any pixel is decoded.
+    """
+    with open(path, "rb") as fh:
+        prefix = fh.read(16)
+    for name in READ_FORMATS:
+        if name not in Image.OPEN:  # a Pillow built without this codec
+            continue
+        factory, accept = Image.OPEN[name]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):  # a str: Pillow's "cannot read this variant" note
+            continue
+        try:
+            return factory(os.fspath(path), os.fspath(path))  # a path: the reader owns (and closes) the file
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # as Image.open does: not this format after all
+    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
 
 
 @contextmanager
 def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """Open ``path`` lazily with the decompression-bomb guard set to :data:`MAX_IMAGE_PIXELS`.
+    """Open ``path`` lazily, refusing sizes above :data:`MAX_IMAGE_PIXELS` before any pixel is decoded.
 
-    Decode inside the ``with`` block (some formats check sizes again while loading); the guard is
-    process-wide in Pillow, so it is set under a lock and restored on exit.
+    Decode inside the ``with`` block. No global state is touched and no lock is held, so threads decode
+    concurrently (Pillow's ``MAX_IMAGE_PIXELS`` is process-wide; changing it would also need a lock).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file; check the path")
-    with _GUARD_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
-        try:
-            try:
-                img = Image.open(path)
-            except DECODE_ERRORS as exc:
-                raise decode_error(path, exc) from None
-            with img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise _too_large(path, img.size)
-                yield img
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        img = _open_reader(path)
+    except DECODE_ERRORS as exc:
+        raise decode_error(path, exc) from None
+    with img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise _too_large(path, img.size)
+        yield img
 
 
 def load_image(path: str | Path, crop_multiple: int = 1) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 #: Layers whose default initialisation :func:`default_init` reproduces from a local generator.
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -47,8 +48,8 @@ def reinitialize(module: nn.Module, generator: torch.Generator | None = None) ->
     """Fresh random weights in every layer that knows how to reset itself.
 
     Convolutions and linear layers draw from ``generator`` (:func:`default_init`) and norms reset without
-    randomness; any other layer with its own ``reset_parameters`` (attention, say) resets under a forked RNG
-    seeded from ``generator``, so with a generator the caller's global RNG stream is never advanced."""
+    randomness; any other layer with its own ``reset_parameters`` (attention, say) runs it with every draw taken
+    from ``generator``, so with a generator torch's global RNG is neither read, advanced nor reseeded."""
     for sub in module.modules():
         if sub is module:
             continue
@@ -65,13 +66,33 @@ def reinitialize(module: nn.Module, generator: torch.Generator | None = None) ->
 
 
 def _reset_from(layer: Any, generator: torch.Generator | None) -> None:
+    """``layer.reset_parameters()`` with its own distributions, every draw taken from ``generator``."""
     if generator is None:
         layer.reset_parameters()
         return
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _DrawFrom(generator):
         layer.reset_parameters()
+
+
+class _DrawFrom(TorchFunctionMode):
+    """Hands ``generator`` to every random draw that names none (``nn.init``'s ``uniform_``/``normal_``, ``torch.rand``
+    ...), so a layer's own ``reset_parameters`` runs unchanged without reading or reseeding torch's global RNG."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if getattr(func, "__name__", "") in _RANDOM_DRAWS and kwargs.get("generator") is None:
+            kwargs["generator"] = self.generator
+        return func(*args, **kwargs)
+
+
+#: torch functions and tensor methods that draw random numbers and take a ``generator``.
+_RANDOM_DRAWS = frozenset({"uniform_", "normal_", "random_", "bernoulli_", "bernoulli", "exponential_", "geometric_",
+                           "log_normal_", "cauchy_", "rand", "randn", "randint", "randperm", "multinomial", "normal",
+                           "poisson"})
 
 
 class EncoderDecoderPair(nn.Module):

@@ -1,6 +1,6 @@
 """Distillation recipes: one YAML file describes a whole run, validated before any work starts.
 
-A recipe is read with ``yaml.safe_load``, merged over the recipe it ``extends:``, patched by
+A recipe is read with ``yaml.safe_load`` (aliases refused), merged over the recipe it ``extends:``, patched by
 ``--set a.b.c=value`` overrides, then validated by a pydantic schema that forbids unknown keys.
 Every problem becomes one :class:`RecipeError` line naming the recipe, the key path and the fix
 (with a did-you-mean for misspelt keys). Nothing in a recipe is evaluated: components are chosen
@@ -12,14 +12,23 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .distill.settings import AMP_MODES, DECODER_INITS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
-from .errors import CDCompressError
+from .distill.settings import (
+    AMP_MODES,
+    DECODER_INITS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SYNC_BATCHNORM,
+    bound,
+    device_problem,
+)
+from .errors import CDCompressError, short_repr
 from .registry import DATA_SOURCES, IMPORTANCES, OBJECTIVES, TEACHER_SOURCES, RegistryError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -135,7 +144,7 @@ class DataSpec(_Strict):
     eval: list[str] = Field(default_factory=list)
     resize: int = Field(300, gt=0)
     crop: int = Field(256, gt=0)
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, **bound("workers"))
     eval_size: int = Field(512, gt=0)
 
     @field_validator("source")
@@ -152,19 +161,19 @@ class DataSpec(_Strict):
 
 class StageSpec(_Strict):
     enabled: bool = True
-    steps: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, **bound("steps"))
     epochs: float | None = Field(None, gt=0)
     batch: int = Field(16, gt=0)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, **bound("lr"))
     optimizer: Literal[OPTIMIZERS] = "adam"
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, **bound("weight_decay"))
     schedule: Literal[SCHEDULES] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, **bound("warmup_steps"))
+    grad_clip: float = Field(0.0, **bound("grad_clip"))
     amp: Literal[AMP_MODES] = "off"
     channels_last: bool = False
     lambda_p: float | None = Field(None, ge=0)
-    accumulate: int = Field(1, ge=1)
+    accumulate: int = Field(1, **bound("accumulate"))
     sync_batchnorm: Literal[SYNC_BATCHNORM] = "auto"
 
     @field_validator("sync_batchnorm", mode="before")
@@ -206,10 +215,22 @@ class StagesSpec(_Strict):
 
 class OutputSpec(_Strict):
     dir: str = "runs/{name}"
-    checkpoint_every: int = Field(500, ge=0)
-    sample_every: int = Field(0, ge=0)
-    log_every: int = Field(10, gt=0)
-    eval_every: int = Field(0, ge=0)  # held-out PSNR learning curve (heldout.png) every N steps of each stage
+
+    @field_validator("dir")
+    @classmethod
+    def _only_name_placeholder(cls, value: str) -> str:
+        """``{name}`` is the one placeholder: any other would only fail (or format a huge string) when the run starts."""
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"{exc}; write braces as {{{{ }}}}, and {{name}} for the recipe's name") from None
+        if any(f != "name" or spec or conv for f, spec, conv in fields):
+            raise ValueError("the only placeholder allowed is {name} (the recipe's name); write other braces as {{ }}")
+        return value
+    checkpoint_every: int = Field(500, **bound("checkpoint_every"))
+    sample_every: int = Field(0, **bound("sample_every"))
+    log_every: int = Field(10, **bound("log_every"))
+    eval_every: int = Field(0, **bound("eval_every"))  # held-out PSNR learning curve (heldout.png) every N steps of each stage
 
 
 class Recipe(_Strict):
@@ -237,8 +258,9 @@ class Recipe(_Strict):
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:
-        if value != "cpu" and not value.startswith(("cuda", "mps")):
-            raise ValueError("device must be cpu, cuda, cuda:N or mps")
+        problem = device_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -286,9 +308,21 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
 # --------------------------------------------------------------------------- loading
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: ``*name`` lets a few lines expand into millions of values (a "billion
+    laughs") that validation, error messages and ``recipes show`` would then walk; recipes reuse with ``extends:``."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a recipe (write the "
+                                              "value out, or use extends:)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader without aliases)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -338,7 +372,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         if not sep or not key.strip():
             raise RecipeError(f"recipe {source}: override {item!r} must look like a.b.c=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml.load(text, Loader=_RecipeLoader) if text.strip() else None  # noqa: S506
         except yaml.YAMLError:
             raise RecipeError(f"recipe {source}: override {item!r} has an unparsable value; quote it") from None
         node = data
@@ -381,7 +415,7 @@ def _format_error(error: dict[str, Any], source: str) -> str:
     if kind == "missing":
         return f"recipe {source}: missing required key {key!r}; add it (see `cdcompress recipes show demo`)"
     got = error.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = short_repr(got) if not isinstance(got, dict) else "a mapping"
     message = error["msg"].removeprefix("Value error, ")
     return f"recipe {source}: {key}: {message} (got {shown}); fix the value"
 

@@ -26,6 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .data import Batch, as_batch
 from .errors import CDCompressError
 from .modules import EncoderDecoderPair, count_parameters
 from .registry import IMPORTANCES, accepted, split_reference
@@ -333,6 +334,10 @@ class Slimming:
     ``tp.importance.GroupMagnitudeImportance()``; ``round_to``: widths in multiples of this;
     ``keep``: layers never pruned (``encoder.x`` / ``decoder.y``; unprefixed names are the encoder's);
     ``init``: ``pruned`` keeps the teacher's strongest filters, ``random`` re-initialises them.
+    ``calibration``: the data a gradient criterion (``taylor``) scores filters on, by the pair's MSE to the
+    targets: ``(inputs, targets)`` (or a :class:`~cdcompress.data.Batch`), or bare images when the pair
+    reconstructs its input. Required by such criteria: a made-up image scores filters for a task the pair
+    does not do. Every field is checked here, so a bad value fails before any model is copied.
     """
 
     width: WidthSpec | Slimmer = 0.5
@@ -341,15 +346,59 @@ class Slimming:
     keep: Sequence[str] = ()
     init: str = "pruned"
     seed: int = 0
+    calibration: Batch | torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.width, Slimmer):
+            _check_width_spec(self.width)
         if self.init not in ("pruned", "random"):
             raise SlimmingError(f"init must be 'pruned' or 'random', got {self.init!r}")
+        for name in ("round_to", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name == "round_to" and value < 1):
+                raise SlimmingError(f"{name} must be an integer{' >= 1' if name == 'round_to' else ''}, got {value!r}")
+        if isinstance(self.keep, str) or not all(isinstance(k, str) for k in self.keep):
+            raise SlimmingError(f"keep must be a list of layer names, got {self.keep!r}; e.g. keep=['encoder.conv11']")
+        if self.calibration is not None:
+            self.calibration = _calibration_batch(self.calibration)
+        if needs_gradients(self.importance, self.seed) and self.calibration is None:
+            raise SlimmingError("importance 'taylor' needs calibration data: pass Slimming(..., calibration=(inputs, "
+                                "targets)) from your training data, or images alone if the pair reconstructs its input")
 
     @classmethod
     def of(cls, spec: WidthSpec | Slimmer | Slimming, seed: int = 0) -> Slimming:
         """``apply(slim=...)`` accepts a bare width or slimmer as shorthand for ``Slimming(width=...)``."""
         return spec if isinstance(spec, Slimming) else cls(width=spec, seed=seed)
+
+    def calibration_loss(self) -> Callable[[nn.Module], torch.Tensor] | None:
+        """The loss a gradient criterion differentiates: the pair's MSE to the calibration targets (None without data)."""
+        batch = self.calibration
+        if batch is None:
+            return None
+
+        def loss(pair: nn.Module) -> torch.Tensor:
+            output = pair(batch.input.cpu())
+            if not isinstance(output, torch.Tensor) or output.shape != batch.target.shape:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise SlimmingError(f"taylor calibration: the pair outputs {shape} but the targets are "
+                                    f"{tuple(batch.target.shape)}; pass calibration=(inputs, targets) with targets "
+                                    "shaped like the pair's output")
+            return torch.nn.functional.mse_loss(output, batch.target.cpu().to(output.dtype))
+
+        return loss
+
+
+def _calibration_batch(data: object) -> Batch:
+    pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    if not (pair or isinstance(data, (torch.Tensor, Batch))):
+        raise SlimmingError(f"calibration must be images [N, C, H, W] or an (inputs, targets) pair of tensors, "
+                            f"got {type(data).__name__}")
+    return as_batch(data)
+
+
+def needs_gradients(importance: str | Mapping[str, Any] | ScoreFn, seed: int = 0) -> bool:
+    """Whether ``importance`` scores filters by gradients (``taylor``), so slimming needs calibration data."""
+    return bool(getattr(resolve_importance(importance, seed), "needs_gradients", False))
 
 
 def slim_pair(

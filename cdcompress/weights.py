@@ -14,9 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import CDCompressError
+from .progress import Progress
 
 
 class DownloadError(CDCompressError):
@@ -168,7 +167,7 @@ def fetch(entry: PublishedWeights, dest: Path, source: str, timeout: float = 60.
     try:
         with urllib.request.urlopen(source, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=entry.filename) as bar:
+            with Progress(total, entry.filename, "B", unit_scale=True) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))

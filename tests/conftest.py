@@ -14,6 +14,29 @@ CD16X = SHARED / "reference" / "cd16x"
 IMAGES = SHARED / "images"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="where the training, stylization and bundle tests run: cpu "
+                     "(default) or cuda; tests marked cuda also run on a GPU machine without it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> str:
+    """The device chosen with ``pytest --device`` (cpu by default); skips when it is not available here."""
+    name = str(pytestconfig.getoption("--device"))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"--device {name}: PyTorch sees no CUDA GPU here")
+    return name
+
+
 @pytest.fixture(scope="session")
 def cd16x_dir() -> Path:
     if not (CD16X / "se5.pth").is_file():

@@ -1,6 +1,7 @@
 """CUDA paths on real computation: stylization on the GPU, and training with AMP and channels-last.
 
-Skipped without a CUDA GPU (CI has none); run on a GPU machine with ``pytest tests/test_cuda.py``.
+Marked ``cuda``: skipped without a CUDA GPU (CI has none); on a GPU machine ``pytest --device cuda`` runs them
+with the rest of the suite on the GPU (``scripts/gpu_check.sh`` does, and records the result).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cdcompress.models import CDModel, load
 from cdcompress.recipe import load_recipe
 from cdcompress.stylize import TorchBackend, stylize
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.cuda  # skipped without a GPU (tests/conftest.py); run with pytest --device cuda
 
 
 @pytest.fixture(autouse=True)

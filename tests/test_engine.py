@@ -106,7 +106,9 @@ def test_vgg_slimming_uses_per_filter_l1_and_mirrors_widths() -> None:
 def test_importance_criteria(importance: str) -> None:
     torch.manual_seed(0)
     teacher, collaborator = vgg_pair()
-    distiller = apply(teacher, collaborator, slim=Slimming(0.5, importance=importance), taps=None)
+    images = torch.rand(2, 3, 32, 32)  # a gradient criterion's calibration data: a VGG pair reconstructs its input
+    slimming = Slimming(0.5, importance=importance, calibration=images if importance == "taylor" else None)
+    distiller = apply(teacher, collaborator, slim=slimming, taps=None)
     assert distiller.student.spec.widths == (8, 8, 16, 16, 32)
     assert count_parameters(distiller.student) < count_parameters(teacher)
 

@@ -96,8 +96,9 @@ def test_parity_table_covers_three_sizes_per_graph(tiny_bundle: Path) -> None:
         assert all(r["ok"] and r["error"] <= 1e-4 for r in mine), mine
 
 
-def test_onnx_backend_matches_pytorch_at_unseen_odd_sizes(tiny_bundle: Path, tiny_model: Any) -> None:
-    backend, reference = OnnxBackend(tiny_bundle), TorchBackend(tiny_model)
+def test_onnx_backend_matches_pytorch_at_unseen_odd_sizes(tiny_bundle: Path, tiny_model: Any, device: str) -> None:
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+    backend, reference = OnnxBackend(tiny_bundle, providers=providers), TorchBackend(tiny_model)
     assert isinstance(backend, Backend) and backend.levels == [1, 2] and backend.providers[-1] == "CPUExecutionProvider"
     assert backend.encoder_spec(2) == tiny_model.encoder(2).spec and backend.decoder_spec(1) == tiny_model.decoder(1).spec
     assert backend.specs(2) == reference.specs(2) == (tiny_model.encoder(2).spec, tiny_model.decoder(2).spec)

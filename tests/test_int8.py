@@ -35,7 +35,8 @@ def test_int8_bundle_passes_its_gate_and_stylizes(int8_bundle: tuple[Path, str],
     assert "Collecting tensor data" not in output and "Number of tensors" not in output  # onnxruntime's chatter
     assert "| 1 |" in output and "| NO |" in output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["precision"] == "int8" and manifest["levels"] == [1, 5] and manifest["int8_levels"] == [5]
+    assert manifest["levels"] == [1, 5] and manifest["int8_levels"] == [5]
+    assert manifest["precision"] == "mixed" and manifest["level_precision"] == {"1": "fp32", "5": "int8"}
     quality = {q["level"]: q for q in manifest["int8"]["quality"]}
     assert quality[5]["psnr_drop"] <= 0.5 and quality[5]["wct_rmse"] <= 0.03, quality
     import onnx

@@ -98,10 +98,11 @@ def test_accumulated_statistics_equal_direct(model: CDModel, content: torch.Tens
     ],
 )
 def test_tiled_equals_untiled(model: CDModel, content: torch.Tensor, style: torch.Tensor, levels: tuple[int, ...],
-                              method: str, tile: int, cache: bool | None, preserve: bool) -> None:
+                              method: str, tile: int, cache: bool | None, preserve: bool, device: str) -> None:
     kwargs = {"method": method, "levels": levels, "preserve_color": preserve}
-    untiled = stylize(model, content, style, tile=0, **kwargs)
-    tiled = stylize(model, content, style, tile=tile, cache_features=cache, **kwargs)
+    backend = TorchBackend(model, device=device)
+    untiled = stylize(backend, content, style, tile=0, **kwargs)
+    tiled = stylize(backend, content, style, tile=tile, cache_features=cache, **kwargs)
     assert tiled.shape == untiled.shape == content.shape
     assert (tiled - untiled).abs().max().item() <= TOL
     assert (untiled - content).abs().mean().item() > 0.02  # it did stylize

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -22,8 +23,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def error_lines(output: str) -> list[str]:
-    """Lines the CLI printed besides the download progress bar."""
-    return [line for line in output.splitlines() if line.strip() and "%|" not in line]
+    """Lines the CLI printed besides the download progress (a bar on a terminal, plain ``name: n/total (p%), ...``
+    lines elsewhere)."""
+    return [line for line in output.splitlines() if line.strip() and "%|" not in line
+            and not re.match(r"\S+: .*\(\d+%\), ", line)]
 
 
 @pytest.fixture

@@ -91,6 +91,9 @@ def train_decoder(
     perceptual = None
     if perceptual_net is not None and perceptual_taps and lambda_p > 0:
         perceptual = FeatureExtractor(freeze(copy.deepcopy(perceptual_net)).to(device), perceptual_taps)
+    # The reference pair only shows in sample grids, but it runs on the batch's device: stage 3 hands over the
+    # distiller's teacher pair, which no fit() has moved when stage 2 was skipped.
+    reference = reference.to(device) if reference is not None else None
     task = DecoderTask(name, encoder.to(device), decoder.to(device), perceptual, lambda_p, reference)
     return Trainer(task, data, config, run_dir, held_out).fit(resume=resume)
 
@@ -112,6 +115,7 @@ def train_student_decoder(
     reference = EncoderDecoderPair(distiller.teacher, distiller.collaborator)
     result = train_decoder(name, distiller.deployable(), decoder, data, config, distiller.teacher,
                            distiller.perceptual.taps, lambda_p, run_dir, resume, reference, held_out)
+    distiller.trained_decoder = decoder  # what distiller.save() writes by default
     return decoder, result
 
 
@@ -121,8 +125,9 @@ def starting_decoder(distiller: Distiller, init: str = "pruned") -> nn.Module:
     if init not in DECODER_INITS:
         raise CDCompressError(f"decoder init must be one of {', '.join(DECODER_INITS)}, got {init!r}")
     decoder = copy.deepcopy(distiller.decoder_init)
-    if init == "random":
-        reinitialize(decoder)
+    if init == "random":  # drawn on the CPU from the distiller's seed: torch's global RNG is neither read nor advanced
+        device = next(decoder.parameters()).device
+        reinitialize(decoder.cpu(), torch.Generator().manual_seed(distiller.seed)).to(device)
     elif init == "folded":
         fold_output_branch(distiller, decoder)
     for p in decoder.parameters():

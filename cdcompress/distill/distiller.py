@@ -48,6 +48,7 @@ class Distiller:
         objective: Objective | None,
         beta: float,
         example_shape: tuple[int, ...] = (1, 3, 64, 64),
+        seed: int = 0,
     ) -> None:
         self.teacher = freeze(teacher)
         self.collaborator = freeze(collaborator)
@@ -60,6 +61,8 @@ class Distiller:
         self.objective = objective
         self.beta = beta
         self.example_shape = example_shape
+        self.seed = seed  # stage 3's random decoder init draws from a generator seeded with it
+        self.trained_decoder: nn.Module | None = None  # set by train_decoder (stage 3); what save() writes
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
         self.perceptual = FeatureExtractor(self.teacher, list(perceptual_taps))
@@ -118,10 +121,14 @@ class Distiller:
         image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.CropSampler`; see
         :func:`cdcompress.data.batches` for what exact resume needs. ``held_out`` images (or pairs) with
         ``config.eval_every`` give a learning curve: PSNR through the collaborator (``result.curve``)."""
-        device = torch.device(config.device)
+        self.to(config.device)
+        return Trainer(self, data, config, run_dir, held_out).fit(resume=resume)
+
+    def to(self, device: str | torch.device) -> Distiller:
+        """Every module of the distillation on ``device`` (in place: they are this distiller's own copies)."""
         for module in (self.teacher, self.collaborator, self.student, self.branches, self.decoder_init):
             module.to(device)
-        return Trainer(self, data, config, run_dir, held_out).fit(resume=resume)
+        return self
 
     #: Stage 3 for this student, returning ``(decoder, result)``: ``distiller.train_decoder(data, config, init=...)``
     #: is :func:`cdcompress.distill.decoder.train_student_decoder` with this distiller first.
@@ -132,15 +139,22 @@ class Distiller:
         return freeze(copy.deepcopy(self.student))
 
     def save(self, path: str | Path, decoder: nn.Module | None = None, overwrite: bool = False) -> Path:
-        """Write the student (and ``decoder``, normally the stage-3 result) as a model directory.
+        """Write the student and its decoder as a model directory.
 
-        A VGG pair is saved in the ``vgg`` family (with its embedding branches); any other pair in the
-        ``module`` family with the slimmed widths recorded, loadable with
+        The decoder is ``decoder`` when given, else the one this distiller's :meth:`train_decoder` (stage 3)
+        trained; with neither, saving is refused: the slimmed collaborator (``decoder_init``) was never trained
+        for this student, so a saved model would decode garbage (pass ``decoder=distiller.decoder_init`` to save
+        that untrained starting point on purpose). A VGG pair is saved in the ``vgg`` family (with its embedding
+        branches); any other pair in the ``module`` family with the slimmed widths recorded, loadable with
         ``cdcompress.load(path, encoder=teacher_factory, decoder=collaborator_factory)``."""
         from ..models.format import CDModel, save, save_pair
         from ..models.vgg import VGGDecoder, VGGEncoder
 
-        decoder = freeze(copy.deepcopy(decoder if decoder is not None else self.decoder_init))
+        decoder = decoder if decoder is not None else self.trained_decoder
+        if decoder is None:
+            raise CDCompressError("Distiller.save: no trained decoder for the student; run distiller.train_decoder(...) "
+                                  "(stage 3) first or pass decoder=... (decoder=distiller.decoder_init saves it untrained)")
+        decoder = freeze(copy.deepcopy(decoder))
         encoder = self.deployable()
         report = {"slimming": {"layers": [layer.as_dict() for layer in self.slimmed.layers],
                                "encoder_parameters": list(self.slimmed.encoder_params),
@@ -271,12 +285,8 @@ def apply(
     if _is_vgg_pair(teacher, collab) and isinstance(width, Mapping):
         width = vgg_mirror_widths(width, teacher.spec.convs)
     importance = resolve_importance(slimming.importance, slimming.seed)
-    calibrate = None
-    if getattr(importance, "needs_gradients", False):
-        def calibrate(pair: nn.Module) -> torch.Tensor:
-            return F.mse_loss(pair(example), example)
     slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep, slimming.seed,
-                        calibrate, slimming.round_to)
+                        slimming.calibration_loss(), slimming.round_to)
     generator = torch.Generator().manual_seed(seed)  # the caller's global RNG is neither read nor advanced
     if slimming.init == "random":
         reinitialize(slimmed.encoder, generator)
@@ -287,4 +297,4 @@ def apply(
     perceptual_taps = getattr(chosen, "perceptual_taps", None)
     return Distiller(teacher, collab, slimmed, branches, features, template,
                      features if perceptual_taps is None else perceptual_taps, chosen, beta,
-                     tuple(int(d) for d in example.shape))
+                     tuple(int(d) for d in example.shape), seed)

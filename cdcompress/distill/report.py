@@ -39,6 +39,7 @@ def feature_errors(distiller: Distiller, image: torch.Tensor) -> dict[str, float
 def evaluate_level(level: int, teacher: Teacher, collaborator: torch.nn.Module, distiller: Distiller,
                    student: CDModel, images: list[tuple[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
     rows = defaultdict(list)
+    distiller.to(device)
     for _, image in images:
         x = image.to(device)
         teacher_out = collaborator(teacher.encoder(x)).clamp(0, 1)
@@ -141,6 +142,7 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
                   distillers: dict[int, Distiller]) -> dict[str, Any]:
     recipe, run_dir = run.recipe, run.run_dir
     device = torch.device(recipe.device)
+    student.to(device)  # already saved; its stage-2 encoder stayed on the host when stage 2 was skipped
     images = run.held_out_images()
     size = recipe.data.eval_size
     levels: dict[str, Any] = {}
@@ -157,7 +159,7 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
             "student_widths": list(getattr(student.encoder(level), "spec", None).widths)
             if hasattr(student.encoder(level), "spec") else None,
         }
-        if images:
+        if images:  # stage 2 may have been skipped: then no fit() put the distiller on the run's device
             entry.update(evaluate_level(level, teacher, collaborator, distillers[level], student, images, device))
         levels[str(level)] = entry
     deepest = max(teachers)

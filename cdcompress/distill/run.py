@@ -159,7 +159,10 @@ class RecipeRun:
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(self.recipe))
-        torch.manual_seed(self.recipe.seed)
+        with seeded_rng(self.recipe.seed, self.recipe.device):
+            return self._execute()
+
+    def _execute(self) -> RunResult:
         student, teachers, distillers = CDModel(), {}, {}
         for level in self.levels():
             state = LevelState(level, load_teacher(self.recipe.teacher, level))
@@ -189,6 +192,21 @@ class RecipeRun:
             report = write_outputs(self, student, teachers, distillers)
         distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+@contextmanager
+def seeded_rng(seed: int, device: str) -> Iterator[None]:
+    """Torch's global RNG seeded with the recipe's ``seed`` inside the block and restored after it.
+
+    Whatever draws from the global stream during a run (a user model's dropout, say) is reproducible from the
+    recipe, and the caller's RNG is left exactly as it was; CUDA generators are forked only for a CUDA run."""
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        if cuda:
+            torch.manual_seed(seed)  # CPU and every CUDA device
+        else:
+            torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA's are not forked here
+        yield
 
 
 def _located_wct_levels(path: str) -> list[int]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..data import as_batch
-from ..device import resolve_device
+from ..device import module_device, resolve_device
 from ..embed import flatten_outputs
 from ..errors import CDCompressError
 from ..metrics import mean_psnr, psnr
@@ -25,7 +25,7 @@ from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..modules import freeze
 from ..recipe import Recipe, StageSpec, plugin_reference
 from ..registry import accepted
-from ..slim import Slimming
+from ..slim import Slimming, needs_gradients
 from .decoder import train_decoder, train_student_decoder
 from .distiller import Distiller, apply
 from .objectives import OBJECTIVES
@@ -140,8 +140,11 @@ class DistillStage:
         if level in student.level_width:
             base = {"*": width} if not isinstance(width, dict) else dict(width)
             width = {**base, **student.level_width[level]}
-        slimming = Slimming(width, plugin_reference(student.importance), student.round_to, student.keep, student.init,
-                            recipe.seed)
+        importance = plugin_reference(student.importance)
+        # A gradient criterion scores filters on the run's own training data (a paired source's targets included).
+        calibration = (as_batch(run.sampler(run.train_paths, recipe.stages.distill.batch, 6)[0])
+                       if needs_gradients(importance) else None)
+        slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration)
         objective = recipe.objective
         standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
                     "perceptual_taps": perceptual_taps(recipe, encoder, level)}
@@ -234,8 +237,11 @@ def perceptual_taps(recipe: Recipe, encoder: nn.Module, level: int) -> list[str]
         return chosen
     if isinstance(encoder, VGGEncoder):
         return level_taps(level)
-    with torch.no_grad():  # every output of the encoder: "output", or "output_0".. for tuples of skips
-        return list(flatten_outputs(encoder(torch.rand(1, 3, 64, 64))))
+    # Every output of the encoder ("output", or "output_0".. for tuples of skips), probed where the encoder is (an
+    # earlier stage may have put it on the GPU) with an image of its own: torch's global RNG is left alone.
+    probe = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed))
+    with torch.no_grad():
+        return list(flatten_outputs(encoder(probe.to(module_device(encoder)))))
 
 
 def stage_lambda(stage: StageSpec, recipe: Recipe) -> float:

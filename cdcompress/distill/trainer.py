@@ -12,27 +12,28 @@ import functools
 import json
 import logging
 import math
-import os
+import numbers
 import random
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..allocator import retained_heap
+from ..atomic import save_torch
 from ..data import Batch, as_batch, batches
 from ..errors import CDCompressError
 from ..images import save_image
 from ..losses import detach_terms
 from ..metrics import psnr
-from .settings import AMP_MODES, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM
+from ..progress import Progress
+from .settings import AMP_MODES, LOWER_BOUNDS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM, bound_problem, device_problem
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +70,31 @@ class TrainConfig:
     sync_batchnorm: str = "auto"  # auto: synchronise BatchNorm over processes when there are several
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
-            (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
-            (self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}"),
-            (self.sync_batchnorm in SYNC_BATCHNORM, f"sync_batchnorm must be one of {SYNC_BATCHNORM}, "
-                                                    f"got {self.sync_batchnorm!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CDCompressError(f"training config: {message}")
+        """Every field checked once, here, with the recipe's rules: a bad value fails in one line, not mid-``fit``."""
+        problem = next(filter(None, map(self._problem, fields(self))), None)
+        if problem:
+            raise CDCompressError(f"training config: {problem}; fix the value")
+
+    def _problem(self, spec: Field) -> str | None:
+        name, value = spec.name, getattr(self, spec.name)
+        if name in _CHOICES:
+            return None if value in _CHOICES[name] else f"{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}"
+        if name == "device":
+            problem = device_problem(value)
+            return f"{problem}, got {value!r}" if problem else None
+        kind, noun = _TYPES[str(spec.type)]
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+            return f"{name} must be {noun}, got {value!r}"
+        if name == "step_size" and self.schedule == "step" and value == 0:
+            return "schedule 'step' needs step_size > 0 (steps between decays)"
+        return bound_problem(name, value) if name in LOWER_BOUNDS else None
+
+
+#: Field types by annotation; numpy scalars count (``numbers`` registers them), booleans are not numbers here.
+_TYPES: dict[str, tuple[type, str]] = {
+    "int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"), "bool": (bool, "True or False"),
+    "str": (str, "a string")}
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "sync_batchnorm": SYNC_BATCHNORM}
 
 
 class Task(Protocol):
@@ -142,17 +152,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Runs a :class:`Task` for ``config.steps`` steps over ``data`` (see :func:`cdcompress.data.batches`:
     a :class:`~cdcompress.data.CropSampler`, a DataLoader or any iterable of batches, or a factory of one)."""
@@ -198,7 +197,7 @@ class Trainer:
             "rng": _rng_state(),
         }
         path = self.checkpoint_dir / f"{self.task.name}_step{step:07d}.pt"
-        atomic_torch_save(state, path)
+        save_torch(state, path)  # fsynced, replaced in one rename: never half a checkpoint
         for old in self._checkpoints()[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -268,8 +267,7 @@ class Trainer:
         curve: list[dict] = []  # held-out PSNR records (config.eval_every)
         began = time.perf_counter()
         self.task.set_train(True)
-        bar = tqdm(total=self.config.steps, initial=start, desc=f"stage {self.task.name}", unit="step",
-                   dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
+        bar = Progress(self.config.steps, f"stage {self.task.name}", "step", initial=start, enabled=distributed.is_main())
         last_good = start
         if start == 0:
             self._evaluate(0, curve)

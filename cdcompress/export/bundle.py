@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import platform
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import staged_directory, write_json
+from ..atomic import recover, staged_directory, write_json
 from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
 from ..models.pair import MODULE_FAMILY
+from ..progress import progress_iter
 from .errors import ExportError
 from .manifest import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
 from .onnx import (
@@ -80,6 +80,7 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile | str 
         trt_settings(profile)
         trt = require_tensorrt()
     require_onnx()
+    recover(out)  # a crashed write's old bundle counts as existing
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     parts = [Part(role, k, _module(model, role, k).spec.out_channels) for k in levels for role in ROLES]
@@ -100,12 +101,11 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile | str 
 def _export_pair_bundle(model: CDModel, out: Path, profile: ExportProfile, model_ref: str, model_dir: Path | None,
                         overwrite: bool, echo: Callable[[str], None], progress: bool) -> ExportResult:
     """Encoder and decoder graphs of any pair, verified on the profile's sizes (rounded to the pair's stride)."""
-    from tqdm import tqdm
-
     from .pair import FlatDecoder, FlatEncoder, check_sizes, export_pair_graph, pair_cases, strides, verify_pair_graph
     require_onnx()
     if profile.precision != "fp32":
         raise ExportError("fp16 export is available for VGG-family bundles only; export this pair in float32")
+    recover(out)  # a crashed write's old bundle counts as existing
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     encoder, decoder = model.encoder(), model.decoder()
@@ -116,8 +116,7 @@ def _export_pair_bundle(model: CDModel, out: Path, profile: ExportProfile, model
     entries: dict[str, dict[str, Any]] = {}
     rows: list[ParityRow] = []
     with staged_directory(out) as staging, reuse_torchlib_registry():
-        for name, role in tqdm((("enc1", "encoder"), ("dec1", "decoder")), desc="export", unit="graph",
-                               disable=not progress, file=sys.stderr):
+        for name, role in progress_iter((("enc1", "encoder"), ("dec1", "decoder")), "export", "graph", enabled=progress):
             io = export_pair_graph(encoder if role == "encoder" else (encoder, decoder), role, staging / f"{name}.onnx",
                                    profile.opset, profile.shape, channels)
             reference = FlatEncoder(encoder) if role == "encoder" else FlatDecoder(decoder, io["structure"])
@@ -149,13 +148,11 @@ def _check_levels(model: CDModel, levels: Sequence[int] | None) -> list[int]:
 def _export_graphs(model: CDModel, parts: list[Part], staging: Path, profile: ExportProfile,
                    progress: bool) -> tuple[dict[str, dict[str, Any]], list[ParityRow]]:
     """Export each graph and check it on the profile's sizes against the PyTorch module."""
-    from tqdm import tqdm
-
     entries: dict[str, dict[str, Any]] = {}
     rows: list[ParityRow] = []
     images = _verification_images(profile)
     with reuse_torchlib_registry():
-        for part in tqdm(parts, desc="export", unit="graph", disable=not progress, file=sys.stderr):
+        for part in progress_iter(parts, "export", "graph", enabled=progress):
             module = _module(model, part.role, part.level)
             io = export_graph(module, part, staging / part.file, profile.opset, profile.shape, profile.precision)
             cases = _cases(model, part, images)
@@ -237,6 +234,7 @@ def _manifest(model: CDModel, model_ref: str, model_dir: Path | None, profile: E
         "levels": levels,
         "shape": "dynamic" if profile.shape is None else list(profile.shape),
         "precision": profile.precision,
+        "level_precision": {str(k): profile.precision for k in levels},
         "opset": profile.opset,
         "input": {"layout": "NCHW", "color": "RGB", "range": [0, 1], "dtype": "float32"},
         "normalisation": {"where": "inside the encoder graphs (conv0, 1x1)", "model": model.meta.get("normalisation")},

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import staged_directory, write_json
+from ..atomic import recover, staged_directory, write_json
 from ..metrics import psnr
 from ..models.format import sha256_file
 from .errors import ExportError
-from .manifest import MANIFEST_FILE, read_manifest
+from .manifest import MANIFEST_FILE, bundle_precision, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path
         raise ExportError(f"{source}: INT8 quantizes float32 VGG-family bundles; export one with `cdcompress export` first")
     if manifest["shape"] != "dynamic":
         raise ExportError(f"{source}: INT8 needs a dynamic-shape bundle (calibration photos have their own sizes)")
+    recover(out)  # a crashed write's old bundle counts as existing
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     with tempfile.TemporaryDirectory(prefix="cdcompress-int8-photos-") as scratch:
@@ -235,7 +236,8 @@ def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path
             raise ExportError(f"INT8 quality gate failed at every level ({detail}); the bundle was not written. "
                               "Calibrate on photos like the ones you will stylize (--calibration) or deploy the "
                               "float32 bundle")
-        manifest = {**manifest, "precision": "int8",
+        level_precision = {str(r.level): "int8" if r.passes(gate) else "fp32" for r in rows}
+        manifest = {**manifest, "precision": bundle_precision(level_precision), "level_precision": level_precision,
                     "int8_levels": [r.level for r in rows if r.passes(gate)],
                     "int8": {"calibration": str(calibration or "scikit-image photos"), "images": len(train_images),
                              "held_out": [str(p) for p in test], "gate": asdict(gate),

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models.vgg import VGGSpec
@@ -70,7 +71,22 @@ def make_session(path: str | Path, providers: Sequence[str] = (CPU,), threads: i
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=list(providers))
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except _runtime_errors(ort) as exc:
+        raise ExportError(f"{path}: onnxruntime cannot load this graph ({_first_line(exc)}); re-export the bundle") from None
+
+
+def _runtime_errors(ort: Any) -> tuple[type[BaseException], ...]:
+    """What onnxruntime raises for a graph or an input it rejects (its own classes derive from Exception only)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    own = tuple(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception))
+    return (*own, RuntimeError, ValueError)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _onnxruntime() -> Any:
@@ -137,12 +153,26 @@ class OnnxBackend:
         spec = self._part(name).get("spec")
         if not spec:
             raise ExportError(f"{self.path}: manifest has no architecture for {name}; re-export the bundle")
-        return VGGSpec.from_dict(spec)
+        try:
+            return VGGSpec.from_dict(spec)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ExportError(f"{self.path}: malformed architecture for {name} ({_first_line(exc)}); "
+                              "re-export the bundle") from None
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         session = self.session(name)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = session.run(None, {self.manifest["parts"][name]["input"]["name"]: array})[0]
+        io = self.manifest["parts"][name].get("input")
+        if not isinstance(io, dict):
+            raise ExportError(f"{self.path}: manifest names no single input for graph {name}; re-export the bundle")
+        try:
+            out = session.run(None, {io["name"]: array})[0]
+        except _runtime_errors(_onnxruntime()) as exc:
+            raise ExportError(f"{self.path}: graph {name} fails on a {tuple(x.shape)} input ({_first_line(exc)}); "
+                              "re-export the bundle") from None
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 4:
+            raise ExportError(f"{self.path}: graph {name} returned {getattr(out, 'dtype', type(out).__name__)} "
+                              f"{getattr(out, 'shape', '')} instead of a float32 NCHW tensor; re-export the bundle")
         return torch.from_numpy(out)
 
     def _check_tile(self, level: int, image: torch.Tensor) -> None:

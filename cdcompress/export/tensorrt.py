@@ -12,11 +12,11 @@ chosen by what the installed module offers, not by parsing its version.
 from __future__ import annotations
 
 import ctypes
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..progress import progress_iter
 from .errors import ExportError, TensorRTUnavailable
 from .onnx import Part
 from .profiles import ExportProfile, TensorRTSettings
@@ -144,8 +144,6 @@ def build_engine(trt: Any, builder: Any, logger: Any, onnx_path: Path, engine_pa
 def build_engines(trt: Any, bundle_dir: Path, parts: list[Part], profile: ExportProfile,
                   progress: bool = True) -> dict[str, Any]:
     """Engines for every graph in ``bundle_dir``; the timing cache is shared so repeated tactics are timed once."""
-    from tqdm import tqdm
-
     settings = trt_settings(profile)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -155,7 +153,7 @@ def build_engines(trt: Any, bundle_dir: Path, parts: list[Part], profile: Export
     cache_path = _timing_cache_path(bundle_dir, settings)
     cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else (b"" if cache_path else None)
     engines: dict[str, Any] = {}
-    for part in tqdm(parts, desc="tensorrt", unit="engine", disable=not progress, file=sys.stderr):
+    for part in progress_iter(parts, "tensorrt", "engine", enabled=progress):
         engines[part.name], cache = build_engine(
             trt, builder, logger, bundle_dir / part.file, bundle_dir / f"{part.name}.engine", engine_shapes(part, settings),
             profile.precision, settings.workspace_mib, cache)

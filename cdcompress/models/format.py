@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import staged_directory, write_json
+from ..atomic import recover, staged_directory, write_json
 from ..embed import EmbeddingBranches
-from ..errors import CheckpointError, ModelFormatError
+from ..errors import CheckpointError, ModelFormatError, short_repr
 from ..modules import count_parameters
 from .checkpoint import load_weights, read_state_dict
 from .pair import MODULE_FAMILY, Factory, architecture_record, rebuild
@@ -171,6 +171,7 @@ def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
 def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``model`` as a model directory; the directory appears only once complete."""
     path = Path(path)
+    recover(path)  # a crashed write's old model counts as existing
     if path.exists() and not overwrite:
         raise ModelFormatError(f"{path} already exists; choose another --out or pass overwrite/--force")
     with staged_directory(path) as staging:
@@ -206,6 +207,8 @@ def read_format_json(
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{file}: invalid JSON ({exc}); {fix}") from None
+    except RecursionError:  # nesting deeper than the parser's stack: no real document looks like that
+        raise error(f"{file}: invalid JSON (nested too deeply); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != format_name:
         raise error(f"{file}: not a {format_name} file; {fix}")
     if data.get("format_version") != version:
@@ -228,7 +231,23 @@ def read_spec(path: str | Path) -> dict[str, Any]:
                                f"known: {sorted([*FAMILIES, MODULE_FAMILY])}")
     if not isinstance(spec.get("parts"), list):
         raise ModelFormatError(f"{spec_path}: 'parts' must be a list; restore or re-create the model")
+    for entry in spec["parts"]:
+        _check_entry(entry, spec_path)
     return spec
+
+
+def _check_entry(entry: Any, spec_path: Path) -> None:
+    """A part names a role, an integer level and a weights file *inside* the directory (never a path elsewhere)."""
+    if not (isinstance(entry, Mapping) and isinstance(entry.get("role"), str) and type(entry.get("level")) is int
+            and isinstance(entry.get("file"), str)):
+        raise ModelFormatError(f"{spec_path}: malformed part {short_repr(entry)} (needs role, integer level and file); "
+                               "re-create the model")
+    name = entry["file"]
+    if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise ModelFormatError(f"{spec_path}: part file {name!r} is not a file name inside the model directory; "
+                               "re-create the model")
+    if not isinstance(entry.get("sha256", ""), str):
+        raise ModelFormatError(f"{spec_path}: part {name}: 'sha256' must be a hex string; re-create the model")
 
 
 def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = True, *,
@@ -239,21 +258,24 @@ def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = Tr
     factories (zero-argument callables, or teacher modules to copy), unless it names an architecture
     registered by code the caller imported. Nothing named in the directory is ever imported or called."""
     path = Path(path)
+    recover(path)  # a write that crashed mid-swap left the old model aside
     spec = read_spec(path)
     model = CDModel(family=spec["family"], meta={k: v for k, v in spec.items() if k not in {"parts"}})
     built = _module_pair(spec, path, encoder, decoder) if spec["family"] == MODULE_FAMILY else None
     for entry in spec["parts"]:
-        if built is not None:
-            module, table = _pair_part(model, built, entry, path)
-        else:
-            module, table = _build_part(model, FAMILIES[spec["family"]], entry, path)
         weights = path / entry["file"]
         if not weights.is_file():
             raise ModelFormatError(f"{weights}: missing weights file listed in {SPEC_FILE}; restore or re-create the model")
         if verify and entry.get("sha256") and sha256_file(weights) != entry["sha256"]:
             raise ModelFormatError(f"{weights}: checksum mismatch, the file is corrupt; restore or re-create the model")
-        load_weights(module, read_state_dict(weights), weights)
-        table[int(entry["level"])] = module.to(device).eval()
+        state = read_state_dict(weights)  # before building: the spec's sizes are checked against what the file holds
+        if built is not None:
+            module, table = _pair_part(model, built, entry, path)
+        else:
+            module, table = _build_part(model, FAMILIES[spec["family"]], entry, path,
+                                        sum(t.numel() for t in state.values()))
+        load_weights(module, state, weights)
+        table[entry["level"]] = module.to(device).eval()
     return model
 
 
@@ -302,21 +324,43 @@ def _check_rebuilds(record: Mapping[str, Any], teacher: tuple[nn.Module, nn.Modu
                                    f"{diff[:3]}); save the decoder that train_decoder returned, or the pair as it is")
 
 
-def _build_part(model: CDModel, family: Family, entry: Mapping[str, Any], path: Path) -> tuple[nn.Module, dict]:
+def _build_part(model: CDModel, family: Family, entry: Mapping[str, Any], path: Path,
+                stored: int) -> tuple[nn.Module, dict]:
+    """The module an entry describes, refused before it is allocated when the weights file holds too few values to fill it."""
     try:
         role = entry["role"]
         if role == "branches":
             taps = {tap: (int(io[0]), int(io[1])) for tap, io in entry["taps"].items()}
             tokens = {tap: True for tap in entry.get("tokens", [])}
+            _check_fits(path, entry, sum(i * o for i, o in taps.values()), stored)
             return EmbeddingBranches(taps, tokens), model.branches
         part_spec = family.spec_from_dict(entry["spec"])
+        if getattr(part_spec, "level", entry["level"]) != entry["level"]:
+            raise ModelFormatError(f"{path / SPEC_FILE}: part {entry['file']} is listed at level {entry['level']} but its "
+                                   f"spec is level {part_spec.level}; re-create the model")
+        _check_fits(path, entry, _least_parameters(part_spec), stored)
         if role == "encoder":
             return family.encoder(part_spec), model.encoders
         if role == "decoder":
             return family.decoder(part_spec), model.decoders
         raise ModelFormatError(f"{path / SPEC_FILE}: unknown part role {role!r}; expected encoder, decoder or branches")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{path / SPEC_FILE}: malformed part {dict(entry)!r} ({exc}); re-create the model") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ModelFormatError(f"{path / SPEC_FILE}: malformed part {short_repr(dict(entry))} "
+                               f"({short_repr(str(exc))}); re-create the model") from None
+
+
+def _least_parameters(spec: Any) -> int:
+    """A lower bound on a VGG part's parameters: its 3x3 convolutions' weights (widths from the RGB input on)."""
+    widths = [int(w) for w in getattr(spec, "widths", ())]
+    return sum(9 * cin * cout for cin, cout in zip([3, *widths[:-1]], widths, strict=True))
+
+
+def _check_fits(path: Path, entry: Mapping[str, Any], parameters: int, stored: int) -> None:
+    """The file must hold at least the spec's parameters: else a spec edited to huge widths would make the loader
+    allocate (and initialise) gigabytes before the weights could be found not to fit."""
+    if parameters > stored:
+        raise ModelFormatError(f"{path / SPEC_FILE}: part {entry['file']} describes at least {parameters:,} parameters but "
+                               f"its file holds {stored:,} values; restore or re-create the model")
 
 
 __all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "save_pair", "sha256_file"]

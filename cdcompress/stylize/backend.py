@@ -75,8 +75,8 @@ class TorchBackend:
             raise CDCompressError(f"precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]
-        if self.dtype != torch.float32:
-            model = copy.deepcopy(model)  # the caller's float32 model stays as it was
+        if not _already(model, self.device, self.dtype):
+            model = copy.deepcopy(model)  # the caller's model stays where and as it was (CDModel.to moves in place)
         self.model = model.to(self.device, self.dtype).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -104,6 +104,15 @@ class TorchBackend:
     @torch.inference_mode()
     def decode(self, level: int, features: torch.Tensor) -> torch.Tensor:
         return self._run(self.model.decoder(level), features)
+
+
+def _already(model: CDModel, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether every tensor of ``model`` already has ``device`` and ``dtype`` (then moving it changes nothing)."""
+    def same(t: torch.Tensor) -> bool:
+        return t.device.type == device.type and (device.index is None or t.device.index == device.index) and (
+            not t.is_floating_point() or t.dtype == dtype)
+
+    return all(same(t) for module in model.modules() for t in (*module.parameters(), *module.buffers()))
 
 
 def _nhwc(tensor: torch.Tensor) -> torch.Tensor:

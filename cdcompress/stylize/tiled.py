@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from .canvas import Canvas, DiskCanvas, MemoryCanvas, read_padded, to_hwc, to_nchw
 from .job import StylizeJob
 from .plan import TilingPlan, tile_count
@@ -28,7 +28,7 @@ def core_slices(tile: Tile, stride: int) -> tuple[slice, slice]:
 
 
 def accumulate_stats(job: StylizeJob, level: int, source: Canvas, tile: int, cache: DiskCanvas | None,
-                     bar: tqdm) -> FeatureStats:
+                     bar: Progress) -> FeatureStats:
     """Pass 1: encoder over haloed tiles; core features feed the statistics (and the cache)."""
     geo = job.geometry(level)
     s = geo.stride
@@ -55,7 +55,7 @@ def _write_core(target: Canvas, tile: Tile, decoded: torch.Tensor) -> None:
 
 
 def _level_tiled(job: StylizeJob, level: int, source: Canvas, target: Canvas, style_stats: FeatureStats,
-                 plan: TilingPlan, scratch: Path, bar: tqdm) -> None:
+                 plan: TilingPlan, scratch: Path, bar: Progress) -> None:
     geo = job.geometry(level)
     s, tile = geo.stride, plan.tiles[level]
     height, width = align_up(source.shape[0], s), align_up(source.shape[1], s)
@@ -86,7 +86,7 @@ def stylize_tiled(job: StylizeJob, content: Canvas, style: torch.Tensor, plan: T
     buffers: list[Canvas] = []
     source: Canvas = content
     total = tile_count(job, plan, height, width, tuple(style.shape[-2:]))
-    with tqdm(total=total, unit="tile", desc="stylize", disable=None if progress else True, leave=False) as bar:
+    with Progress(total, "stylize", "tile", enabled=progress, leave=False) as bar:
         for i, level in enumerate(job.levels):
             if len(buffers) < 2:
                 buffers.append(DiskCanvas(scratch / f"image{i}.f32", (height, width, 3)))
