@@ -284,17 +284,39 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return damaged, what
 
 
-def safetensors_cases(base: Path, work: Path, n: int, seed: int) -> Iterator[Outcome]:
+@dataclass(frozen=True)
+class FileMutation:
+    """One kind of campaign that damages a file of a copied folder: which files, how, and how it is judged.
+    ``rehash`` is how often the checksum is fixed up, so the damage reaches the parser behind it."""
+
+    kind: str
+    folder: str
+    pattern: str
+    mutate: Callable[[bytes, random.Random], tuple[bytes, str]]
+    index: str
+    entries: Callable
+    rehash: float
+    run: Callable[[Path], Any]
+    ok: Callable
+
+
+def file_mutation_cases(spec: FileMutation, base: Path, work: Path, n: int, seed: int) -> Iterator[Outcome]:
     rng = random.Random(seed)
-    files = sorted(p.name for p in base.glob("*.safetensors"))
+    files = sorted(p.name for p in base.glob(spec.pattern))
     for i in range(n):
-        folder = _copy(base, work / "model")
+        folder = _copy(base, work / spec.folder)
         name = rng.choice(files)
-        data, what = mutate_safetensors((folder / name).read_bytes(), rng)
+        data, what = spec.mutate((folder / name).read_bytes(), rng)
         (folder / name).write_bytes(data)
-        if rng.random() < 0.85:
-            _rehash(folder, "model.json", _model_parts, name)
-        yield judge("safetensors", f"{i}: {name} {what}", lambda f=folder: _load_model(f), _reconstructs)
+        if rng.random() < spec.rehash:
+            _rehash(folder, spec.index, spec.entries, name)
+        yield judge(spec.kind, f"{i}: {name} {what}", lambda f=folder: spec.run(f), spec.ok)
+
+
+def safetensors_cases(base: Path, work: Path, n: int, seed: int) -> Iterator[Outcome]:
+    spec = FileMutation("safetensors", "model", "*.safetensors", mutate_safetensors, "model.json", _model_parts,
+                        0.85, _load_model, _reconstructs)
+    return file_mutation_cases(spec, base, work, n, seed)
 
 
 def shape_cases(base: Path, work: Path, n: int, seed: int) -> Iterator[Outcome]:
@@ -421,16 +443,9 @@ def mutate_onnx(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 
 def onnx_cases(base: Path, work: Path, n: int, seed: int) -> Iterator[Outcome]:
-    rng = random.Random(seed)
-    graphs = sorted(p.name for p in base.glob("*.onnx"))
-    for i in range(n):
-        folder = _copy(base, work / "bundle")
-        name = rng.choice(graphs)
-        data, what = mutate_onnx((folder / name).read_bytes(), rng)
-        (folder / name).write_bytes(data)
-        if rng.random() < 0.9:
-            _rehash(folder, "manifest.json", _bundle_files, name)
-        yield judge("onnx-graph", f"{i}: {name} {what}", lambda f=folder: _run_bundle(f), _bundle_ok)
+    spec = FileMutation("onnx-graph", "bundle", "*.onnx", mutate_onnx, "manifest.json", _bundle_files, 0.9,
+                        _run_bundle, _bundle_ok)
+    return file_mutation_cases(spec, base, work, n, seed)
 
 
 # ----------------------------------------------------------------------------- recipes
