@@ -2,7 +2,8 @@
 
 The paper's branches are 1x1 convolutions with bias and no activation; for token features
 ([B, N, C]) the same map is a ``Linear``. They exist only during training: the deployable
-student never carries them, but the native model format keeps them beside it so a converted
+student never carries them (a drop-in student keeps its output ones, :mod:`cdcompress.drop_in`),
+but the native model format keeps them beside it so a converted
 release (whose ``conv*_aux`` layers are exactly these branches) round-trips.
 """
 
@@ -39,14 +40,15 @@ class EmbeddingBranches(nn.ModuleDict):
     @property
     def widths(self) -> dict[str, tuple[int, int]]:
         """``{tap: (student_channels, teacher_channels)}``."""
-        return {tap: _io_channels(branch) for tap, branch in self.items()}
+        return {tap: io_channels(branch) for tap, branch in self.items()}
 
     @property
     def token_taps(self) -> dict[str, bool]:
         return {tap: isinstance(branch, nn.Linear) for tap, branch in self.items()}
 
 
-def _io_channels(branch: nn.Module) -> tuple[int, int]:
+def io_channels(branch: nn.Module) -> tuple[int, int]:
+    """``(student_channels, teacher_channels)`` of one branch."""
     if isinstance(branch, nn.Linear):
         return branch.in_features, branch.out_features
     assert isinstance(branch, nn.Conv2d)

@@ -99,6 +99,15 @@ class StudentSpec(_Strict):
     round_to: int = Field(1, ge=1)
     init: Literal["pruned", "random"] = "pruned"
     keep: list[str] = Field(default_factory=list)
+    drop_in: Literal["off", "auto", "folded", "appended"] = Field(
+        "off", description="also save drop_in/: the student with its output embedding Q kept (folded into the last "
+                           "layer where exact, else appended), paired with the collaborator (the teacher's decoder)")
+
+    @field_validator("drop_in", mode="before")
+    @classmethod
+    def _drop_in_off_is_not_a_boolean(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` as False; that can only mean "off"."""
+        return "off" if value is False else value
 
     @field_validator("importance")
     @classmethod
@@ -117,8 +126,12 @@ class StudentSpec(_Strict):
 
 
 class EmbedSpec(_Strict):
+    """The branches Q: where they tap, their weight, and how they start (``lstsq``: the least-squares map from
+    student to teacher features on the first training batch; ``random``: the paper's init)."""
+
     taps: Literal["level", "auto", "none"] | list[str] = "level"
     beta: float = Field(10.0, ge=0)
+    init: Literal["lstsq", "random"] = "lstsq"
 
 
 class ObjectiveSpec(_Strict):

@@ -188,8 +188,8 @@ class ArchitectureRegistry(Registry[Callable[..., Any]]):
         return decorate
 
 
-ARCHITECTURES = ArchitectureRegistry("architecture", builtins=("cdcompress.models.unet",),
-                                     provides=("unet-encoder", "unet-decoder"))
+ARCHITECTURES = ArchitectureRegistry("architecture", builtins=("cdcompress.models.unet", "cdcompress.models.resae"),
+                                     provides=("unet-encoder", "unet-decoder", "resae-encoder", "resae-decoder"))
 """``name -> factory(**kwargs) -> nn.Module`` of the *teacher's* shapes; a model file may name one."""
 
 # The other axes live here too, not beside their built-ins, so validating a recipe that names them needs no torch.

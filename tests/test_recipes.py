@@ -230,3 +230,18 @@ def test_channels_last_and_bf16_train_on_cpu(tmp_path: Path, caplog: pytest.LogC
         assert not autocast_applies("fp16", torch.device("cpu"))
     assert "does not apply on cpu" in caplog.text
     assert not autocast_applies("off", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("init", ["lstsq", "random"])
+def test_embed_init_decides_whether_stage_two_fits_q_first(init: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdcompress.distill.distiller import Distiller
+    from cdcompress.distill.run import run_recipe
+
+    fitted: list[int] = []
+    original = Distiller.prepare
+    monkeypatch.setattr(Distiller, "prepare", lambda self, batch: (fitted.append(1), original(self, batch))[1])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(VALID)
+    run_recipe(load_recipe(path, overrides=[f"embed.init={init}"]), tmp_path / "run")
+    assert len(fitted) == (1 if init == "lstsq" else 0)

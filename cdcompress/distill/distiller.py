@@ -21,11 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, as_batch
+from ..drop_in import DropInEncoder, drop_in
+from ..drop_in import Form as DropInForm
 from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, call_counts, channels_of, flatten_outputs, is_token_feature
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, total
 from ..modules import freeze, reinitialize
 from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
+from .branch_init import fit_branches
 from .decoder import train_student_decoder
 from .objectives import Objective, ObjectiveContext, resolve_objective
 from .trainer import TrainConfig, Trainer, TrainResult
@@ -63,6 +66,9 @@ class Distiller:
         self.example_shape = example_shape
         self.seed = seed  # stage 3's random decoder init draws from a generator seeded with it
         self.trained_decoder: nn.Module | None = None  # set by train_decoder (stage 3); what save() writes
+        self._optimizer_state: Mapping[torch.Tensor, dict] = {}  # the last fit's, continued by the next (fit)
+        self.init_branches = True  # False keeps the random Q (the paper's init); see prepare()
+        self._branches_fitted = False  # Q is least-squares initialised once, before the first fit's first step
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
         self.perceptual = FeatureExtractor(self.teacher, list(perceptual_taps))
@@ -74,6 +80,23 @@ class Distiller:
     def set_train(self, mode: bool) -> None:
         self.student.train(mode)
         self.branches.train(mode)
+
+    @property
+    def needs_prepare(self) -> bool:
+        """Whether the next fit must draw a batch for :meth:`prepare` (only before Q's least-squares init)."""
+        return self.init_branches and not self._branches_fitted
+
+    def prepare(self, batch: Batch) -> None:
+        """Before the first step of the first fit: each branch Q set to the least-squares map from the student's
+        features to the teacher's on ``batch`` (see :mod:`~cdcompress.distill.branch_init`); later calls keep Q."""
+        if not self.needs_prepare:
+            return
+        self.set_train(False)
+        with torch.no_grad():
+            student, teacher = self._student_features(batch.input), self._teacher_features(batch.input)
+        fit_branches({branch_key(n): self.branches[branch_key(n)] for n in self.features},
+                     {branch_key(n): student[n] for n in self.features}, {branch_key(n): teacher[n] for n in self.features})
+        self._branches_fitted = True
 
     def embedded_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
         """Q·F' at every tap/output, and the embedded outputs in the encoder's own structure."""
@@ -120,9 +143,24 @@ class Distiller:
         ``data``: a DataLoader or any iterable of batches (image tensors, or ``(input, target)`` pairs for
         image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.CropSampler`; see
         :func:`cdcompress.data.batches` for what exact resume needs. ``held_out`` images (or pairs) with
-        ``config.eval_every`` give a learning curve: PSNR through the collaborator (``result.curve``)."""
+        ``config.eval_every`` give a learning curve: PSNR through the collaborator (``result.curve``).
+
+        Successive calls continue one optimisation: the optimiser state (Adam's moments and step counts)
+        carries over, so at a constant rate two fits of 100 steps train exactly like one of 200 on the same
+        batches; each call's schedule (warm-up, cosine) spans that call's ``steps``. ``resume=True`` takes the
+        checkpoint's state instead; :meth:`reset_optimizer` starts the next call afresh. Before the first step
+        of the first call, :meth:`prepare` sets Q to its least-squares map (docs/residual_pairs.md)."""
         self.to(config.device)
-        return Trainer(self, data, config, run_dir, held_out).fit(resume=resume)
+        trainer = Trainer(self, data, config, run_dir, held_out)
+        if not resume:
+            trainer.continue_optimizer(self._optimizer_state)
+        result = trainer.fit(resume=resume)
+        self._optimizer_state = trainer.optimizer.state
+        return result
+
+    def reset_optimizer(self) -> None:
+        """Make the next :meth:`fit` start with a fresh optimiser (e.g. a deliberate restart with new settings)."""
+        self._optimizer_state = {}
 
     def to(self, device: str | torch.device) -> Distiller:
         """Every module of the distillation on ``device`` (in place: they are this distiller's own copies)."""
@@ -137,6 +175,33 @@ class Distiller:
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""
         return freeze(copy.deepcopy(self.student))
+
+    def output_embedding(self) -> dict[str, nn.Module]:
+        """Each encoder output's branch Q, keyed as :func:`~cdcompress.embed.flatten_outputs` names the outputs."""
+        return {name: self.branches[branch_key(feature)] for name, feature in _flat_template(self.template).items()}
+
+    def drop_in_encoder(self, form: DropInForm = "auto") -> nn.Module:
+        """The student with its output Q kept: it emits the teacher's features, so the teacher's own decoder
+        (``self.collaborator``, or any model of the teacher's features) reads it unchanged. ``form``: ``auto`` folds Q
+        into the last layer where exact (see :mod:`cdcompress.drop_in`), ``folded`` requires that, ``appended`` never folds."""
+        example = torch.rand(self.example_shape, generator=torch.Generator().manual_seed(self.seed))
+        return drop_in(self.student, self.output_embedding(), example, form)
+
+    def save_drop_in(self, path: str | Path, form: DropInForm = "auto", overwrite: bool = False) -> Path:
+        """Write the drop-in student with the teacher's ORIGINAL decoder as a model directory (same families as
+        :meth:`save`; a module-family directory records that its decoder is the teacher's, unslimmed)."""
+        from ..models.format import CDModel, save, save_pair
+        from ..models.vgg import VGGDecoder, VGGEncoder
+
+        encoder, decoder = self.drop_in_encoder(form), freeze(copy.deepcopy(self.collaborator))
+        inner = encoder.student if isinstance(encoder, DropInEncoder) else encoder
+        meta = {"source": {"kind": "cdcompress-drop-in", "form": form}}
+        if isinstance(inner, VGGEncoder) and isinstance(decoder, VGGDecoder):
+            level = inner.spec.level
+            return save(CDModel(encoders={level: encoder}, decoders={level: decoder}, meta=meta), path, overwrite=overwrite)
+        widths = {**self.slimmed.widths(), **_layer_widths(inner)}
+        return save_pair(encoder, decoder, path, teacher=(self.teacher, self.collaborator), widths=widths,
+                         example_shape=self.example_shape, meta=meta, overwrite=overwrite, teacher_decoder=True)
 
     def save(self, path: str | Path, decoder: nn.Module | None = None, overwrite: bool = False) -> Path:
         """Write the student and its decoder as a model directory.
@@ -175,6 +240,21 @@ def portable_branches(branches: EmbeddingBranches) -> EmbeddingBranches:
     copy_.load_state_dict(branches.state_dict())
     return copy_
 
+
+
+def _flat_template(template: Any) -> dict[str, str]:
+    """The encoder's outputs named as :func:`flatten_outputs` names them -> the feature (branch) serving each."""
+    if isinstance(template, str):
+        return {OUTPUT: template}
+    if isinstance(template, (tuple, list)):
+        return {f"{OUTPUT}_{i}": name for i, name in enumerate(template)}
+    return {f"{OUTPUT}_{key}": name for key, name in template.items()}
+
+
+def _layer_widths(encoder: nn.Module) -> dict[str, int]:
+    """Absolute widths of an encoder's layers as they are now (a folded output layer has the teacher's width)."""
+    return {f"encoder.{name}": int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+            for name, m in encoder.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))}
 
 
 def _restructure(template: Any, embedded: Mapping[str, torch.Tensor]) -> Any:

@@ -8,6 +8,7 @@ checkpoint; finished stages are restored instantly.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,11 +23,13 @@ import torch
 from .. import distributed
 from ..data import DATA_SOURCES, image_paths, resize_shorter, skimage_photos
 from ..device import resolve_device
+from ..drop_in import Form as DropInForm
 from ..errors import CDCompressError
 from ..images import crop_to_multiple, load_image
 from ..models.converters import wct_levels
 from ..models.format import CDModel, save, spec_levels
 from ..models.vgg import VGGDecoder, VGGEncoder
+from ..modules import freeze
 from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
 from ..registry import build
 from .distiller import Distiller, portable_branches
@@ -148,12 +151,17 @@ class RecipeRun:
 
     def _save_student(self, student: CDModel, distillers: dict[int, Distiller]) -> None:
         """VGG students as one multi-level model directory; any other pair per level in the module family."""
+        form = self.recipe.student.drop_in
         if _is_vgg(student):
             save(student, self.run_dir / "student", overwrite=True)
+            if form != "off":
+                save(drop_in_model(distillers, form), self.run_dir / "drop_in", overwrite=True)
             return
         for level, distiller in distillers.items():
             name = "student" if len(distillers) == 1 else f"student_L{level}"
             distiller.save(self.run_dir / name, decoder=student.decoders[level], overwrite=True)
+            if form != "off":
+                distiller.save_drop_in(self.run_dir / name.replace("student", "drop_in"), form, overwrite=True)
 
     def execute(self) -> RunResult:
         if distributed.is_main():
@@ -192,6 +200,13 @@ class RecipeRun:
             report = write_outputs(self, student, teachers, distillers)
         distributed.barrier()
         return RunResult(self.run_dir, report, self.stage_seconds)
+
+
+def drop_in_model(distillers: dict[int, Distiller], form: DropInForm) -> CDModel:
+    """Every level's drop-in student with the decoder it was distilled against: the teacher's interface kept."""
+    return CDModel(encoders={k: d.drop_in_encoder(form) for k, d in distillers.items()},
+                   decoders={k: freeze(copy.deepcopy(d.collaborator)) for k, d in distillers.items()},
+                   meta={"source": {"kind": "cdcompress-drop-in", "form": form}})
 
 
 @contextmanager

@@ -150,9 +150,11 @@ class DistillStage:
                     "perceptual_taps": perceptual_taps(recipe, encoder, level)}
         options = {**accepted(OBJECTIVES.get(objective.kind), standard), **objective.kwargs}
         example = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed))
-        return apply(encoder, state.collaborator, slim=slimming, objective=objective.kind,
-                     taps=embedding_taps(recipe, encoder, level), beta=recipe.embed.beta, seed=recipe.seed,
-                     example_inputs=(example,), **options)
+        distiller = apply(encoder, state.collaborator, slim=slimming, objective=objective.kind,
+                          taps=embedding_taps(recipe, encoder, level), beta=recipe.embed.beta, seed=recipe.seed,
+                          example_inputs=(example,), **options)
+        distiller.init_branches = recipe.embed.init == "lstsq"
+        return distiller
 
 
 class DecoderStage:

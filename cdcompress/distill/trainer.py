@@ -15,7 +15,7 @@ import math
 import numbers
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -99,7 +99,9 @@ _CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "s
 
 class Task(Protocol):
     """What a stage trains and how it is judged. A task may also define ``predict(images)``, its current
-    output for an input, which the held-out learning curve (``eval_every``) compares with the target."""
+    output for an input, which the held-out learning curve (``eval_every``) compares with the target, and
+    ``prepare(batch)``, run on the first batch before a run from step 0 (data-dependent initialisation) unless its
+    ``needs_prepare`` is false (the batch is not even drawn then)."""
 
     name: str
 
@@ -174,6 +176,18 @@ class Trainer:
         self._amp = autocast_applies(config.amp, self.device)
         self._parallel: nn.Module | None = None  # the DDP-wrapped loss computation while a distributed fit runs
 
+    def continue_optimizer(self, state: Mapping[torch.Tensor, dict]) -> None:
+        """Start from an earlier trainer's per-parameter optimiser state (Adam's moments and step counts).
+
+        Why: successive ``fit`` calls are one optimisation to their caller, and a fresh Adam restarts its moment
+        estimates (its first steps move every weight by about ``lr`` whatever its gradient). Parameters this
+        trainer does not train are ignored; the state follows each parameter to its current device."""
+        ours = set(self._params)
+        for param, values in state.items():
+            if param in ours:
+                self.optimizer.state[param] = {k: v.to(param.device) if isinstance(v, torch.Tensor) and v.dim() else v
+                                               for k, v in values.items()}
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -246,6 +260,7 @@ class Trainer:
 
         Under torchrun the trained modules run under DistributedDataParallel, with BatchNorm synchronised
         over processes (``sync_batchnorm``), for this stage only."""
+        self._prepare(resume)
         with ExitStack() as stack:
             if self.device.type == "cpu":
                 stack.enter_context(retained_heap())
@@ -255,6 +270,16 @@ class Trainer:
                 self._parallel = distributed.data_parallel(self.task.losses, self.modules, self.device)
                 stack.callback(setattr, self, "_parallel", None)
             return self._fit(resume)
+
+    def _prepare(self, resume: bool) -> None:
+        """Show a task with ``prepare(batch)`` the first global batch before a run from step 0 (data-dependent
+        initialisation). Every process sees the same whole batch, so they initialise alike; a one-shot iterator
+        is not read ahead (its batch would be lost to training)."""
+        prepare = getattr(self.task, "prepare", None)
+        wanted = prepare is not None and getattr(self.task, "needs_prepare", True)
+        if not wanted or isinstance(self.data, Iterator) or (resume and self._checkpoints()):
+            return
+        prepare(next(batches(self.data, 0, 1)).to(self.device))
 
     def _sync_batchnorm(self) -> bool:
         mode = self.config.sync_batchnorm

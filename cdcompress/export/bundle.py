@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from ..atomic import recover, staged_directory, write_json
+from ..drop_in import DropInEncoder
+from ..embed import io_channels
 from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
 from ..models.pair import MODULE_FAMILY
 from ..progress import progress_iter
@@ -83,7 +85,7 @@ def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile | str 
     recover(out)  # a crashed write's old bundle counts as existing
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
-    parts = [Part(role, k, _module(model, role, k).spec.out_channels) for k in levels for role in ROLES]
+    parts = [Part(role, k, _feature_channels(_module(model, role, k))) for k in levels for role in ROLES]
     with staged_directory(out) as staging:
         entries, rows = _export_graphs(model, parts, staging, profile, progress)
         echo(format_parity_table(rows))
@@ -167,8 +169,17 @@ def _module(model: CDModel, role: str, level: int) -> nn.Module:
     return model.encoder(level) if role == "encoder" else model.decoder(level)
 
 
+def _feature_channels(module: nn.Module) -> int:
+    """Channels between the level's graphs: a drop-in student's are its output maps' (the teacher's width)."""
+    if isinstance(module, DropInEncoder):
+        return int(io_channels(next(iter(module.embedding.values())))[1])
+    return int(module.spec.out_channels)
+
+
 def _spec(module: nn.Module) -> dict[str, Any] | None:
-    """The architecture (widths, padding) behind a graph: exact tiling derives its halos from it."""
+    """The architecture (widths, padding) behind a graph: exact tiling derives its halos from it (a drop-in student's
+    from the student inside it: its appended 1x1 maps add no halo)."""
+    module = module.student if isinstance(module, DropInEncoder) else module
     spec = getattr(module, "spec", None)
     return spec.to_dict() if hasattr(spec, "to_dict") else None
 

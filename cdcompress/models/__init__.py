@@ -13,7 +13,7 @@ _EXPORTS = {
     "VGG19_WIDTHS": ".vgg", "VGGDecoder": ".vgg", "VGGEncoder": ".vgg", "VGGSpec": ".vgg", "conv_names": ".vgg",
     "fused_inference": ".vgg", "level_taps": ".vgg",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ("unet",))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ("unet", "resae"))
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use

@@ -8,6 +8,9 @@ each weights file carries a SHA-256 in the spec and a mismatch is reported as co
 Family ``vgg`` describes its modules completely in JSON. Family ``module`` holds any other
 encoder-decoder pair as one level (1): the file records widths and, at most, the *name* of a registered
 factory; the architecture comes from the caller (see :mod:`cdcompress.models.pair`).
+
+A drop-in student (:mod:`cdcompress.drop_in`) is saved as its plain encoder plus an ``embedding`` part
+(its output maps Q, widths in JSON); loading wraps the rebuilt encoder in a ``DropInEncoder``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..atomic import recover, staged_directory, write_json
-from ..embed import EmbeddingBranches
+from ..drop_in import DropInEncoder
+from ..embed import EmbeddingBranches, io_channels
 from ..errors import CheckpointError, ModelFormatError, short_repr
 from ..modules import count_parameters
 from .checkpoint import load_weights, read_state_dict
@@ -151,6 +155,9 @@ def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
     for role, table in (("encoder", model.encoders), ("decoder", model.decoders)):
         for level in sorted(table):
             module = table[level]
+            if isinstance(module, DropInEncoder):  # the student as usual, its output maps as a part of their own
+                entries.append((_embedding_entry(module.embedding, level), module.embedding))
+                module = module.student
             entry = {"role": role, "level": level, "file": f"{role}{level}.safetensors"}
             if model.family != MODULE_FAMILY:
                 entry["spec"] = module.spec.to_dict()
@@ -166,6 +173,13 @@ def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
         }
         entries.append((entry, branches))
     return entries
+
+
+def _embedding_entry(embedding: nn.ModuleDict, level: int) -> dict[str, Any]:
+    """A drop-in encoder's output maps Q: ``{output name: [C', C]}``, applied after the level's encoder on load."""
+    return {"role": "embedding", "level": level, "outputs": {name: list(io_channels(q)) for name, q in embedding.items()},
+            "tokens": [name for name, q in embedding.items() if isinstance(q, nn.Linear)],
+            "file": f"embedding{level}.safetensors"}
 
 
 def save(model: CDModel, path: str | Path, overwrite: bool = False) -> Path:
@@ -262,6 +276,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = Tr
     spec = read_spec(path)
     model = CDModel(family=spec["family"], meta={k: v for k, v in spec.items() if k not in {"parts"}})
     built = _module_pair(spec, path, encoder, decoder) if spec["family"] == MODULE_FAMILY else None
+    embeddings: dict[int, EmbeddingBranches] = {}
     for entry in spec["parts"]:
         weights = path / entry["file"]
         if not weights.is_file():
@@ -269,13 +284,35 @@ def load(path: str | Path, device: torch.device | str = "cpu", verify: bool = Tr
         if verify and entry.get("sha256") and sha256_file(weights) != entry["sha256"]:
             raise ModelFormatError(f"{weights}: checksum mismatch, the file is corrupt; restore or re-create the model")
         state = read_state_dict(weights)  # before building: the spec's sizes are checked against what the file holds
-        if built is not None:
+        if entry["role"] == "embedding":
+            module, table = _embedding_part(entry, path, sum(t.numel() for t in state.values())), embeddings
+        elif built is not None:
             module, table = _pair_part(model, built, entry, path)
         else:
             module, table = _build_part(model, FAMILIES[spec["family"]], entry, path,
                                         sum(t.numel() for t in state.values()))
         load_weights(module, state, weights)
         table[entry["level"]] = module.to(device).eval()
+    return _with_embeddings(model, embeddings, path)
+
+
+def _embedding_part(entry: Mapping[str, Any], path: Path, stored: int) -> EmbeddingBranches:
+    try:
+        outputs = {name: (int(io[0]), int(io[1])) for name, io in entry["outputs"].items()}
+        tokens = {name: True for name in entry.get("tokens", [])}
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ModelFormatError(f"{path / SPEC_FILE}: malformed part {short_repr(dict(entry))} "
+                               f"({short_repr(str(exc))}); re-create the model") from None
+    _check_fits(path, entry, sum(i * o for i, o in outputs.values()), stored)
+    return EmbeddingBranches(outputs, tokens)
+
+
+def _with_embeddings(model: CDModel, embeddings: Mapping[int, EmbeddingBranches], path: Path) -> CDModel:
+    """Each level's encoder followed by its output maps: the drop-in student, in the teacher's feature space."""
+    for level, embedding in embeddings.items():
+        if level not in model.encoders:
+            raise ModelFormatError(f"{path / SPEC_FILE}: embedding part for level {level} has no encoder; re-create the model")
+        model.encoders[level] = DropInEncoder(model.encoders[level], dict(embedding.items())).eval()
     return model
 
 
@@ -299,15 +336,16 @@ def _pair_part(model: CDModel, built: Mapping[str, nn.Module], entry: Mapping[st
 
 def save_pair(encoder: nn.Module, decoder: nn.Module, path: str | Path, *, teacher: tuple[nn.Module, nn.Module] | None = None,
               widths: Mapping[str, int] | None = None, example_shape: tuple[int, ...] = (1, 3, 64, 64),
-              meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+              meta: Mapping[str, Any] | None = None, overwrite: bool = False, teacher_decoder: bool = False) -> Path:
     """Save any encoder-decoder pair as a ``module``-family model directory.
 
     ``teacher``: the full-width pair it was slimmed from, with ``widths`` (every layer's absolute width,
     :meth:`cdcompress.slim.SlimResult.widths`); omit both to save a pair as it is (e.g. a teacher). The
-    record is checked by rebuilding it before anything is written, so a saved model always loads."""
+    record is checked by rebuilding it before anything is written, so a saved model always loads. ``teacher_decoder``:
+    ``decoder`` is the teacher's own, unslimmed (a drop-in student's pair: only the encoder was cut)."""
     source = teacher or (encoder, decoder)
-    record = architecture_record(source[0], source[1], widths if teacher else None, example_shape)
-    _check_rebuilds(record, source, (encoder, decoder))
+    record = architecture_record(source[0], source[1], widths if teacher else None, example_shape, teacher_decoder)
+    _check_rebuilds(record, source, (encoder.student if isinstance(encoder, DropInEncoder) else encoder, decoder))
     model = CDModel(family=MODULE_FAMILY, encoders={1: encoder}, decoders={1: decoder},
                     meta={**(meta or {}), "architecture": record})
     return save(model, path, overwrite=overwrite)

@@ -39,11 +39,13 @@ def describe(module: nn.Module) -> dict[str, Any]:
 
 
 def architecture_record(encoder: nn.Module, decoder: nn.Module, widths: Mapping[str, int] | None,
-                        example_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The ``architecture`` entry of ``model.json`` for a pair cut from ``encoder``/``decoder``."""
-    return {"encoder": describe(encoder), "decoder": describe(decoder),
-            "widths": None if widths is None else {k: int(v) for k, v in widths.items()},
-            "example_input": [int(d) for d in example_shape]}
+                        example_shape: tuple[int, ...], teacher_decoder: bool = False) -> dict[str, Any]:
+    """The ``architecture`` entry of ``model.json`` for a pair cut from ``encoder``/``decoder``; ``teacher_decoder``:
+    only the encoder was cut, the decoder is the teacher's own (a drop-in student's pair)."""
+    record = {"encoder": describe(encoder), "decoder": describe(decoder),
+              "widths": None if widths is None else {k: int(v) for k, v in widths.items()},
+              "example_input": [int(d) for d in example_shape]}
+    return {**record, "teacher_decoder": True} if teacher_decoder else record
 
 
 def rebuild(record: Mapping[str, Any], where: str, encoder: Factory | None = None,
@@ -65,7 +67,7 @@ def rebuild(record: Mapping[str, Any], where: str, encoder: Factory | None = Non
         raise ModelFormatError(f"{where}: the recorded widths name layers the given architecture lacks ({unknown[:3]}); "
                                "pass the factories of the teacher this student was cut from")
     sliced = slim_pair(teacher[0], teacher[1], (example,), dict(widths), _FirstChannels())
-    return sliced.encoder, sliced.decoder
+    return sliced.encoder, (teacher[1] if record.get("teacher_decoder") is True else sliced.decoder)
 
 
 class _FirstChannels:

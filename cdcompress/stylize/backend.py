@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..device import resolve_device
+from ..drop_in import DropInEncoder
 from ..errors import CDCompressError
 from ..models.format import CDModel
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, fused_inference
@@ -87,6 +88,7 @@ class TorchBackend:
     def specs(self, level: int) -> tuple[VGGSpec, VGGSpec] | None:
         """The VGG specs of the level's encoder and decoder; None for other module families."""
         enc, dec = self.model.encoder(level), self.model.decoder(level)
+        enc = enc.student if isinstance(enc, DropInEncoder) else enc  # its appended 1x1 maps add no halo
         if isinstance(enc, VGGEncoder) and isinstance(dec, VGGDecoder):
             return enc.spec, dec.spec
         return None

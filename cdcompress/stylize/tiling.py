@@ -131,7 +131,7 @@ def level_geometry(encoder: VGGSpec, decoder: VGGSpec) -> LevelGeometry:
         raise ValueError(f"encoder level {encoder.level} does not match decoder level {decoder.level}")
     stride = encoder.stride
     enc_margin = encoder_margin(encoder)
-    channels = encoder.out_channels
+    channels = decoder.out_channels  # what the decoder reads: the encoder's own width, or a drop-in student's teacher width
     held = 2 * 12 + 3 * 4.0 * channels / stride**2 + 2 * 12  # window in/out (numpy + torch), 3 feature copies
     work = max(_peak_conv_bytes(_encoder_ops(encoder), 1, grow=True), _peak_conv_bytes(_decoder_ops(decoder), stride, grow=False))
     return LevelGeometry(
