@@ -127,7 +127,7 @@ class StudentSpec(_Strict):
 
 class EmbedSpec(_Strict):
     """The branches Q: where they tap, their weight, and how they start (``lstsq``: the least-squares map from
-    student to teacher features on the first training batch; ``random``: the paper's init)."""
+    student to teacher features on the first training batch; ``random``: torch's default init)."""
 
     taps: Literal["level", "auto", "none"] | list[str] = "level"
     beta: float = Field(10.0, ge=0)

@@ -67,7 +67,7 @@ class Distiller:
         self.seed = seed  # stage 3's random decoder init draws from a generator seeded with it
         self.trained_decoder: nn.Module | None = None  # set by train_decoder (stage 3); what save() writes
         self._optimizer_state: Mapping[torch.Tensor, dict] = {}  # the last fit's, continued by the next (fit)
-        self.init_branches = True  # False keeps the random Q (the paper's init); see prepare()
+        self.init_branches = True  # False keeps the random Q (torch's default init); see prepare()
         self._branches_fitted = False  # Q is least-squares initialised once, before the first fit's first step
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
