@@ -92,6 +92,35 @@ class CollaboratorSpec(_Strict):
                                                      "images worse than this (dB): it is not a trained collaborator; 0 = off")
 
 
+class TargetSpec(_Strict):
+    """A budget the student must meet (``cdcompress.budget.Budget``): exactly one of params, macs, latency_ms."""
+
+    params: float | str | None = None
+    macs: float | str | None = None
+    latency_ms: float | str | None = None
+    size: int | list[int] = 512
+    runtime: str = "eager"
+    part: str = "encoder"
+    tolerance: float = 0.05
+    allocation: str = "auto"
+    threads: int | None = None
+    repeats: int = 7
+
+    @model_validator(mode="after")
+    def _a_valid_budget(self) -> TargetSpec:
+        from .budget import budget_problem
+
+        problem = budget_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def budget_fields(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["size"] = tuple(data["size"]) if isinstance(data["size"], list) else data["size"]
+        return data
+
+
 class StudentSpec(_Strict):
     width: Width = 0.25
     level_width: dict[int, dict[str, float | int]] = Field(default_factory=dict)
@@ -99,6 +128,9 @@ class StudentSpec(_Strict):
     round_to: int = Field(1, ge=1)
     init: Literal["pruned", "random"] = "pruned"
     keep: list[str] = Field(default_factory=list)
+    target: TargetSpec | None = Field(
+        None, description="a budget instead of a width: the widths are searched to meet it (width and level_width "
+                          "are then not used), e.g. {macs: '50%', size: 512} or {latency_ms: 40, runtime: bundle}")
     drop_in: Literal["off", "auto", "folded", "appended"] = Field(
         "off", description="also save drop_in/: the student with its output embedding Q kept (folded into the last "
                            "layer where exact, else appended), paired with the collaborator (the teacher's decoder)")

@@ -293,6 +293,7 @@ class SlimResult:
     layers: list[LayerWidth] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    budget: Any = None  # the BudgetSearch (cdcompress.width_search) that chose the widths, if a target did
 
     @property
     def compression(self) -> float:
@@ -322,6 +323,8 @@ class SlimResult:
                      f"({self.encoder_ratio:.3f}x); decoder {self.decoder_params[0]:,} -> {self.decoder_params[1]:,} "
                      f"({self.decoder_ratio:.3f}x)")
         lines += [f"warning: {w}" for w in self.warnings]
+        if self.budget is not None:
+            lines += ["", self.budget.summary()]
         return "\n".join(lines)
 
 
@@ -334,6 +337,8 @@ class Slimming:
     ``tp.importance.GroupMagnitudeImportance()``; ``round_to``: widths in multiples of this;
     ``keep``: layers never pruned (``encoder.x`` / ``decoder.y``; unprefixed names are the encoder's);
     ``init``: ``pruned`` keeps the teacher's strongest filters, ``random`` re-initialises them.
+    ``target``: a :class:`~cdcompress.budget.Budget` (or its fields as a mapping, e.g. ``{"macs": "50%"}``):
+    the widths are then searched to meet it, and ``width`` is not used (see :mod:`cdcompress.width_search`).
     ``calibration``: the data a gradient criterion (``taylor``) scores filters on, by the pair's MSE to the
     targets: ``(inputs, targets)`` (or a :class:`~cdcompress.data.Batch`), or bare images when the pair
     reconstructs its input. Required by such criteria: a made-up image scores filters for a task the pair
@@ -347,8 +352,13 @@ class Slimming:
     init: str = "pruned"
     seed: int = 0
     calibration: Batch | torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    target: Any = None
 
     def __post_init__(self) -> None:
+        if self.target is not None:
+            from .budget import Budget
+
+            self.target = Budget.of(self.target)
         if not isinstance(self.width, Slimmer):
             _check_width_spec(self.width)
         if self.init not in ("pruned", "random"):

@@ -12,7 +12,7 @@ while teacher and collaborator stay frozen (and the caller's modules untouched: 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Batch, as_batch
+from ..distributed import from_main, is_main
 from ..drop_in import DropInEncoder, drop_in
 from ..drop_in import Form as DropInForm
 from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, call_counts, channels_of, flatten_outputs, is_token_feature
@@ -224,6 +225,8 @@ class Distiller:
         report = {"slimming": {"layers": [layer.as_dict() for layer in self.slimmed.layers],
                                "encoder_parameters": list(self.slimmed.encoder_params),
                                "decoder_parameters": list(self.slimmed.decoder_params)}}
+        if self.slimmed.budget is not None:
+            report["slimming"]["budget"] = self.slimmed.budget.as_dict()
         if isinstance(encoder, VGGEncoder) and isinstance(decoder, VGGDecoder):
             level = encoder.spec.level
             model = CDModel(encoders={level: encoder}, decoders={level: decoder}, meta={"source": report})
@@ -325,6 +328,22 @@ def _is_vgg_pair(teacher: nn.Module, collaborator: nn.Module) -> bool:
     return isinstance(teacher, VGGEncoder) and isinstance(collaborator, VGGDecoder)
 
 
+def _cut_to_budget(teacher: nn.Module, collab: nn.Module, channels: int, slimming: Slimming,
+                   cut: Callable[[WidthSpec | Slimmer], SlimResult],
+                   mirror: Callable[[WidthSpec], WidthSpec] | None) -> SlimResult:
+    """The pair slimmed to the widths that meet ``slimming.target`` (searched on copies; see width_search).
+
+    Under several processes, rank 0's widths are used everywhere: a latency measurement differs between processes,
+    and every replica must have the same architecture."""
+    from ..width_search import find_widths
+
+    search = from_main(find_widths(teacher, collab, channels, cut, slimming.target, slimming.calibration, mirror)
+                       if is_main() else None)
+    slimmed = cut(search.widths)
+    slimmed.budget = search
+    return slimmed
+
+
 def apply(
     model: nn.Module,
     collaborator: nn.Module,
@@ -361,12 +380,18 @@ def apply(
         raise CDCompressError("example_inputs must be a tuple, e.g. (torch.rand(1, 3, 64, 64),)")
     example = example_inputs[0]
     tap_names = _resolve_taps(teacher, taps, example)
-    width = slimming.width
-    if _is_vgg_pair(teacher, collab) and isinstance(width, Mapping):
-        width = vgg_mirror_widths(width, teacher.spec.convs)
     importance = resolve_importance(slimming.importance, slimming.seed)
-    slimmed = slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep, slimming.seed,
-                        slimming.calibration_loss(), slimming.round_to)
+    mirror = (lambda spec: vgg_mirror_widths(spec, teacher.spec.convs)) if _is_vgg_pair(teacher, collab) else None
+
+    def cut(width: WidthSpec | Slimmer) -> SlimResult:
+        return slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep, slimming.seed,
+                         slimming.calibration_loss(), slimming.round_to)
+
+    if slimming.target is not None:
+        slimmed = _cut_to_budget(teacher, collab, int(example.shape[1]), slimming, cut, mirror)
+    else:
+        width = slimming.width
+        slimmed = cut(mirror(width) if mirror is not None and isinstance(width, Mapping) else width)
     generator = torch.Generator().manual_seed(seed)  # the caller's global RNG is neither read nor advanced
     if slimming.init == "random":
         reinitialize(slimmed.encoder, generator)

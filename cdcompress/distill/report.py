@@ -159,6 +159,9 @@ def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Te
             "student_widths": list(getattr(student.encoder(level), "spec", None).widths)
             if hasattr(student.encoder(level), "spec") else None,
         }
+        search = distillers[level].slimmed.budget if level in distillers else None
+        if search is not None:
+            entry["budget"] = search.as_dict()
         if images:  # stage 2 may have been skipped: then no fit() put the distiller on the run's device
             entry.update(evaluate_level(level, teacher, collaborator, distillers[level], student, images, device))
         levels[str(level)] = entry
@@ -195,6 +198,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for level, e in report["levels"].items():
         lines.append(f"| {level} | {e['teacher_encoder_params']:,} | {e['student_encoder_params']:,} | "
                      f"{e['compression']:.2f}x | {e['teacher_gmacs']:.2f} | {e['student_gmacs']:.2f} |")
+    budgets = {level: e["budget"] for level, e in report["levels"].items() if e.get("budget")}
+    if budgets:
+        lines += ["", "## Budget (student.target)", "", "| level | target | goal | predicted | measured | error | widths |",
+                  "|---:|---|---:|---:|---:|---:|---|"]
+        for level, b in budgets.items():
+            metric = next(m for m in ("params", "macs", "latency_ms") if b["budget"][m] is not None)
+            lines.append(f"| {level} | {metric} {b['budget'][metric]} ({b['budget']['part']}) | {b['goal']:,.4g} | "
+                         f"{b['predicted']:,.4g} | {b['measured']:,.4g} | {b['error']:+.1%}{'' if b['met'] else ' NOT met'} | "
+                         f"{b['allocation']} |")
     if report["eval_images"]:
         lines += ["", f"## Reconstruction on held-out images ({', '.join(report['eval_images'])})", "",
                   "| level | teacher PSNR | student PSNR | student SSIM | via collaborator PSNR | feature error per tap |",

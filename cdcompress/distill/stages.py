@@ -142,9 +142,12 @@ class DistillStage:
             width = {**base, **student.level_width[level]}
         importance = plugin_reference(student.importance)
         # A gradient criterion scores filters on the run's own training data (a paired source's targets included).
-        calibration = (as_batch(run.sampler(run.train_paths, recipe.stages.distill.batch, 6)[0])
-                       if needs_gradients(importance) else None)
-        slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration)
+        target = student.target.budget_fields() if student.target is not None else None
+        # A budget's sensitivity allocation measures the collaborator's reconstruction on the same kind of batch.
+        wants_data = needs_gradients(importance) or (target is not None and target["allocation"] != "uniform")
+        calibration = as_batch(run.sampler(run.train_paths, recipe.stages.distill.batch, 6)[0]) if wants_data else None
+        slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration,
+                            target)
         objective = recipe.objective
         standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
                     "perceptual_taps": perceptual_taps(recipe, encoder, level)}

@@ -1,0 +1,394 @@
+"""Find the widths that make a student meet a :class:`~cdcompress.budget.Budget`.
+
+1. **Uniform**: one width ratio for every prunable layer, found by bisection on the slimmed copy's real cost
+   (``round_to``, protected layers and coupled groups included, since the copy is really slimmed).
+2. **Sensitivity** (with calibration data): each of the measured part's layers is cut alone to that ratio and the
+   collaborator's reconstruction of the calibration batch is measured; a layer whose cut costs more dB keeps more
+   channels (ratio ∝ damage^½, within 4x of the uniform ratio, scaled by bisection to the same budget). The
+   allocation is kept only if the whole cut reconstructs better than the uniform one before any training;
+   otherwise the uniform widths stand.
+
+Parameters and MACs are counted exactly, so predicted = measured. Latency is predicted from MACs by a curve through
+measured points (the teacher, three uniform cuts, then every candidate: piecewise linear, made monotone), the chosen
+student is measured, and the MAC goal is re-read from the curve until the measurement is within tolerance (at most
+:data:`LATENCY_ROUNDS` rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .budget import Budget, BudgetError
+from .cost import count_macs
+from .data import Batch
+from .modules import EncoderDecoderPair, count_parameters
+from .slim import SlimmingError, SlimResult, WidthSpec
+
+log = logging.getLogger(__name__)
+
+#: Bisection steps on a ratio in (0, 1]: 2^-16 is finer than one channel of any layer below 65k channels.
+BISECTION_STEPS = 16
+#: The narrowest ratio tried (every layer down to its minimum width).
+MIN_RATIO = 1e-4
+#: Exponent of the damage in the sensitivity allocation (½: halving a layer's damage does not halve its width).
+SENSITIVITY_EXPONENT = 0.5
+#: A layer's width stays within this factor of the uniform ratio: one small calibration batch and one cut ratio
+#: measure damage roughly, and a layer measured harmless on it is not therefore worthless.
+MAX_WEIGHT = 4.0
+LATENCY_ROUNDS = 5
+
+Slim = Callable[[WidthSpec], SlimResult]
+
+
+@dataclass
+class Candidate:
+    """One slimmed copy and its costs."""
+
+    label: str
+    widths: dict[str, int]
+    params: int
+    macs: int
+    latency_ms: float | None = None
+
+    def count(self, metric: str) -> float:
+        return float(self.macs if metric in ("macs", "latency_ms") else self.params)
+
+
+@dataclass
+class BudgetSearch:
+    """What :func:`find_widths` chose and why: the widths, their cost predicted and measured, the evidence."""
+
+    budget: Budget
+    goal: float  # the target in the metric's units
+    teacher_cost: float
+    widths: dict[str, int]  # absolute output width of every prunable layer (encoder.* / decoder.*)
+    allocation: str  # "uniform" or "sensitivity"
+    uniform_ratio: float
+    predicted: float
+    measured: float
+    met: bool
+    sensitivity_db: dict[str, float] = field(default_factory=dict)  # dB lost when only that layer is cut
+    prune_psnr: dict[str, float] = field(default_factory=dict)  # calibration PSNR of the whole cut, untrained
+    latency_points: list[dict[str, float]] = field(default_factory=list)  # (macs, ms) measured on the runtime
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def error(self) -> float:
+        return self.measured / self.goal - 1
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budget"] = asdict(self.budget)
+        data["error"] = self.error
+        return data
+
+    def summary(self) -> str:
+        unit = {"params": "", "macs": "", "latency_ms": " ms"}[self.budget.metric]
+        lines = [f"budget: {self.budget.describe()} -> goal {_fmt(self.goal)}{unit} (teacher {_fmt(self.teacher_cost)}{unit})",
+                 f"chosen: {self.allocation} widths (uniform ratio {self.uniform_ratio:.4f}); predicted "
+                 f"{_fmt(self.predicted)}{unit}, measured {_fmt(self.measured)}{unit} ({self.error:+.1%}): "
+                 + ("met" if self.met else f"NOT met within ±{self.budget.tolerance:.0%}")]
+        if self.prune_psnr:
+            lines.append("untrained cut on the calibration batch: "
+                         + ", ".join(f"{k} {v:.2f} dB" for k, v in self.prune_psnr.items()))
+        if self.sensitivity_db:
+            lines.append("| layer | dB lost when cut alone | width |\n|---|---:|---:|")
+            lines += [f"| {name} | {db:.3f} | {self.widths.get(name, '-')} |" for name, db in self.sensitivity_db.items()]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+# ----------------------------------------------------------------------------- costs
+
+
+class CostMeter:
+    """The budget's cost of slimmed copies: exact counts, and latency measured on the named runtime."""
+
+    def __init__(self, budget: Budget, channels: int) -> None:
+        self.budget = budget
+        self.shape = (1, channels, *budget.hw)
+
+    def candidate(self, label: str, result: SlimResult) -> Candidate:
+        return Candidate(label, result.widths(), self._params(result.encoder, result.decoder),
+                         self._macs(result.encoder, result.decoder))
+
+    def teacher(self, encoder: nn.Module, decoder: nn.Module) -> Candidate:
+        return Candidate("teacher", {}, self._params(encoder, decoder), self._macs(encoder, decoder))
+
+    def latency(self, encoder: nn.Module, decoder: nn.Module) -> float:
+        from .latency import measure_latency
+
+        budget = self.budget
+        return measure_latency(encoder, decoder if budget.part == "pair" else None, self.shape, budget.runtime,
+                               threads=budget.threads, repeats=budget.repeats)
+
+    def _params(self, encoder: nn.Module, decoder: nn.Module) -> int:
+        return count_parameters(encoder) + (count_parameters(decoder) if self.budget.part == "pair" else 0)
+
+    def _macs(self, encoder: nn.Module, decoder: nn.Module) -> int:
+        module = EncoderDecoderPair(encoder, decoder) if self.budget.part == "pair" else encoder
+        return count_macs(module, self.shape)
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def find_widths(encoder: nn.Module, decoder: nn.Module, channels: int, slim: Slim, budget: Budget,
+                calibration: Batch | None = None, mirror: Callable[[WidthSpec], WidthSpec] | None = None) -> BudgetSearch:
+    """Widths for ``encoder``/``decoder`` (images of ``channels`` channels) that meet ``budget``.
+
+    ``slim(spec)`` slims a copy of the pair (the caller's importance, ``round_to`` and protected layers);
+    ``calibration`` (inputs and the pair's targets) enables the sensitivity allocation; ``mirror`` maps a
+    per-layer encoder spec to the whole pair's (VGG decoders mirror their encoder)."""
+    meter = CostMeter(budget, channels)
+    teacher = meter.teacher(encoder, decoder)
+    search = _Search(budget, meter, slim, calibration, mirror or (lambda spec: spec), EncoderDecoderPair(encoder, decoder))
+    if budget.metric == "latency_ms":
+        return search.latency(encoder, decoder, teacher)
+    goal = budget.goal(teacher.count(budget.metric))
+    _check_below_teacher(goal, teacher.count(budget.metric), budget)
+    chosen, ratio = search.counted(goal)
+    cost = chosen.count(budget.metric)
+    return search.result(goal, teacher.count(budget.metric), chosen, ratio, cost, cost)
+
+
+def _check_below_teacher(goal: float, teacher_cost: float, budget: Budget) -> None:
+    if goal >= teacher_cost * (1 - budget.tolerance):
+        raise BudgetError(f"budget {budget.describe()}: the teacher itself costs {_fmt(teacher_cost)}, within the "
+                          "target; nothing needs cutting (ask for less, or use slim=<ratio>)")
+
+
+class _Search:
+    def __init__(self, budget: Budget, meter: CostMeter, slim: Slim, calibration: Batch | None,
+                 mirror: Callable[[WidthSpec], WidthSpec], uncut: nn.Module) -> None:
+        self.budget, self.meter, self.slim, self.calibration, self.mirror = budget, meter, slim, calibration, mirror
+        self.uncut = uncut
+        self.metric = "macs" if budget.metric == "latency_ms" else budget.metric
+        self.cache: dict[str, tuple[Candidate, SlimResult]] = {}
+        self.notes: list[str] = []
+        self.sensitivity_db: dict[str, float] = {}
+        self.prune_psnr: dict[str, float] = {}
+        self.latency_points: list[dict[str, float]] = []
+        self._weights: dict[str, float] | None = None
+
+    # -- evaluating specs
+
+    def evaluate(self, label: str, spec: WidthSpec) -> Candidate:
+        key = repr(sorted(spec.items())) if isinstance(spec, Mapping) else repr(spec)
+        if key not in self.cache:
+            try:
+                result = self.slim(spec)
+            except SlimmingError as exc:
+                if "removed nothing" not in str(exc):
+                    raise
+                result = None
+            candidate = self.meter.candidate(label, result) if result is not None else None
+            self.cache[key] = (candidate, result)  # type: ignore[assignment]
+        candidate, _ = self.cache[key]
+        if candidate is None:
+            return Candidate(label, {}, 1 << 62, 1 << 62)  # nothing removed: as dear as the teacher, never chosen
+        return Candidate(label, candidate.widths, candidate.params, candidate.macs)
+
+    def _bisect(self, label: str, family: Callable[[float], WidthSpec], goal: float, low: float,
+                high: float) -> tuple[Candidate, float]:
+        """The family member whose count is nearest ``goal`` at the boundary where it crosses it."""
+        below = self.evaluate(label, family(low))
+        if below.count(self.metric) > goal * (1 + self.budget.tolerance):
+            return below, low  # the caller reports it as unreachable
+        above_t = high
+        below_t = low
+        for _ in range(BISECTION_STEPS):
+            middle = (below_t + above_t) / 2
+            candidate = self.evaluate(label, family(middle))
+            if abs(candidate.count(self.metric) / goal - 1) <= self.budget.tolerance / 4:
+                return candidate, middle  # close enough: a quarter of the tolerance
+            if candidate.count(self.metric) <= goal:
+                below_t = middle
+            else:
+                above_t = middle
+        options = [(self.evaluate(label, family(t)), t) for t in (below_t, above_t)]
+        return min(options, key=lambda o: abs(o[0].count(self.metric) - goal))
+
+    # -- the two allocations
+
+    def uniform(self, goal: float) -> tuple[Candidate, float]:
+        candidate, ratio = self._bisect("uniform", lambda t: t, goal, MIN_RATIO, 1.0)
+        cost = candidate.count(self.metric)
+        if cost > goal * (1 + self.budget.tolerance):
+            raise BudgetError(f"budget {self.budget.describe()} cannot be met: the narrowest student reachable "
+                              f"(every prunable layer at its minimum width) costs {_fmt(cost)} {self.metric}; "
+                              "ask for at least that, or protect fewer layers")
+        return candidate, ratio
+
+    def counted(self, goal: float) -> tuple[Candidate, float]:
+        """The allocation for a params/MACs goal: uniform, then sensitivity where it reconstructs better."""
+        uniform, ratio = self.uniform(goal)
+        if not self._use_sensitivity():
+            return uniform, ratio
+        weights = self.weights(ratio, uniform)
+        if not weights:
+            return uniform, ratio
+        top = 1 / min(weights.values())
+        allocated, _ = self._bisect("sensitivity", lambda u: self._allocation(u, weights, ratio), goal, MIN_RATIO, top)
+        tolerance = self.budget.tolerance
+        if abs(allocated.count(self.metric) / goal - 1) > tolerance:
+            self.notes.append("the sensitivity allocation could not land within tolerance; uniform widths kept")
+            return uniform, ratio
+        return self._better(uniform, allocated), ratio
+
+    def _use_sensitivity(self) -> bool:
+        allocation = self.budget.allocation
+        if allocation == "sensitivity" and self.calibration is None:
+            raise BudgetError("budget allocation 'sensitivity' needs calibration data: pass Slimming(..., "
+                              "calibration=(inputs, targets)), or use allocation='uniform'")
+        if allocation == "auto" and self.calibration is None:
+            self.notes.append("no calibration data: uniform widths (pass calibration= for a sensitivity allocation)")
+        return allocation != "uniform" and self.calibration is not None
+
+    def _allocation(self, scale: float, weights: Mapping[str, float], base: float) -> WidthSpec:
+        spec: dict[str, float | int] = {"*": base}
+        for name, weight in weights.items():
+            spec[name] = min(1.0, max(MIN_RATIO, scale * weight))
+        return self.mirror(spec)
+
+    def weights(self, ratio: float, uniform: Candidate) -> dict[str, float]:
+        """Per-layer width multipliers from each layer's damage when cut alone to ``ratio`` (geometric mean 1)."""
+        if self._weights is not None:
+            return self._weights
+        prefix = "encoder." if self.budget.part == "encoder" else ""
+        _, uniform_result = self.cache[repr(ratio)]
+        roots = [w.name for w in uniform_result.layers
+                 if w.requested is not None and w.name.startswith(prefix) and w.name not in uniform_result.protected]
+        reference = self._reconstruction_mse(None)
+        damage = {}
+        for name in roots:
+            mse = self._reconstruction_mse({name: ratio})
+            damage[name] = max(mse - reference, reference * 1e-6, 1e-12)
+            self.sensitivity_db[name] = 10 * math.log10(mse / reference) if reference > 0 else float("inf")
+        if len(damage) < 2:
+            self._weights = {}
+            return self._weights
+        mean_log = sum(math.log(d) for d in damage.values()) / len(damage)
+        self._weights = {n: min(MAX_WEIGHT, max(1 / MAX_WEIGHT, math.exp(SENSITIVITY_EXPONENT * (math.log(d) - mean_log))))
+                         for n, d in damage.items()}
+        return self._weights
+
+    def _reconstruction_mse(self, spec: WidthSpec | None) -> float:
+        """The collaborator's reconstruction error on the calibration batch with ``spec`` cut (None: uncut)."""
+        if spec is None:
+            return self._mse(self.uncut)
+        result = self.slim(spec)
+        return self._mse(EncoderDecoderPair(result.encoder, result.decoder))
+
+    def _mse(self, pair: nn.Module) -> float:
+        batch = self.calibration
+        assert batch is not None
+        was_training = pair.training
+        with torch.no_grad():
+            output = pair.eval()(batch.input.cpu())
+        pair.train(was_training)
+        return float(torch.nn.functional.mse_loss(output.float(), batch.target.cpu().float()))
+
+    def _better(self, uniform: Candidate, allocated: Candidate) -> Candidate:
+        scores = {}
+        for candidate in (uniform, allocated):
+            mse = self._reconstruction_mse(candidate.widths)
+            scores[candidate.label] = mse
+            self.prune_psnr[candidate.label] = 10 * math.log10(1 / max(mse, 1e-12))
+        if scores["sensitivity"] < scores["uniform"]:
+            return allocated
+        self.notes.append("the sensitivity allocation reconstructed no better untrained than the uniform cut; uniform kept")
+        return uniform
+
+    # -- latency: predicted from MACs, then measured and corrected
+
+    def latency(self, encoder: nn.Module, decoder: nn.Module, teacher: Candidate) -> BudgetSearch:
+        budget = self.budget
+        teacher_ms = self.meter.latency(encoder, decoder)
+        self._point(teacher.macs, teacher_ms)
+        goal = budget.goal(teacher_ms)
+        _check_below_teacher(goal, teacher_ms, budget)
+        measured_at = {}
+        for ratio in (0.5, 0.25, MIN_RATIO):
+            probe = self.evaluate("uniform", ratio)
+            _, result = self.cache[repr(ratio)]
+            if result is not None:
+                measured_at[ratio] = self.meter.latency(result.encoder, result.decoder)
+                self._point(probe.macs, measured_at[ratio])
+        narrowest = measured_at.get(MIN_RATIO, teacher_ms)
+        if narrowest > goal * (1 + budget.tolerance):
+            raise BudgetError(f"budget {budget.describe()} cannot be met: the narrowest student reachable (every "
+                              f"prunable layer at its minimum width) measures {narrowest:.3g} ms (teacher "
+                              f"{teacher_ms:.3g} ms); ask for at least that, or measure at a larger size")
+        best: tuple[Candidate, float, float, float] | None = None
+        macs_goal = max(self._predict_macs(goal), self.evaluate("uniform", MIN_RATIO).macs)
+        for _ in range(LATENCY_ROUNDS):
+            chosen, ratio = self.counted(max(macs_goal, 1.0))
+            result = self.slim(chosen.widths)
+            measured = self.meter.latency(result.encoder, result.decoder)
+            self._point(chosen.macs, measured)
+            predicted = self._predict_ms(chosen.macs)
+            if best is None or abs(measured / goal - 1) < abs(best[3] / goal - 1):
+                best = (chosen, ratio, predicted, measured)
+            if abs(measured / goal - 1) <= budget.tolerance:
+                break
+            macs_goal = max(self._predict_macs(goal), self.evaluate("uniform", MIN_RATIO).macs)
+        assert best is not None
+        chosen, ratio, predicted, measured = best
+        return self.result(goal, teacher_ms, chosen, ratio, predicted, measured)
+
+    def _point(self, macs: int, ms: float) -> None:
+        self.latency_points.append({"macs": float(macs), "ms": ms})
+
+    def _curve(self) -> list[tuple[float, float]]:
+        """Measured (MACs, ms), repeated MACs averaged, sorted by MACs, ms made non-decreasing (a running max):
+        fewer operations never take longer, so a dip is noise."""
+        by_macs: dict[float, list[float]] = {}
+        for point in self.latency_points:
+            by_macs.setdefault(point["macs"], []).append(point["ms"])
+        curve, ceiling = [], 0.0
+        for macs in sorted(by_macs):
+            ceiling = max(ceiling, sum(by_macs[macs]) / len(by_macs[macs]))
+            curve.append((macs, ceiling))
+        return curve
+
+    def _interpolate(self, value: float, x: int, y: int) -> float:
+        """Piecewise-linear through the curve (coordinate ``x`` -> ``y``), extrapolating with the end segments."""
+        curve = self._curve()
+        if len(curve) == 1:
+            return curve[0][y] * value / curve[0][x] if curve[0][x] else curve[0][y]
+        for left, right in zip(curve, curve[1:], strict=False):
+            if value <= right[x] or right is curve[-1]:
+                span = right[x] - left[x]
+                share = (value - left[x]) / span if span else 1.0
+                return left[y] + share * (right[y] - left[y])
+        return curve[-1][y]
+
+    def _predict_ms(self, macs: float) -> float:
+        return self._interpolate(macs, 0, 1)
+
+    def _predict_macs(self, ms: float) -> float:
+        return self._interpolate(ms, 1, 0)
+
+    def result(self, goal: float, teacher_cost: float, chosen: Candidate, ratio: float, predicted: float,
+               measured: float) -> BudgetSearch:
+        met = abs(measured / goal - 1) <= self.budget.tolerance
+        if not met:
+            message = (f"budget {self.budget.describe()} not met: measured {_fmt(measured)} against the goal "
+                       f"{_fmt(goal)} after {LATENCY_ROUNDS} rounds; the closest reachable is kept")
+            log.warning("%s", message)
+            self.notes.append(message)
+        return BudgetSearch(self.budget, goal, teacher_cost, chosen.widths, chosen.label, ratio, predicted, measured,
+                            met, dict(self.sensitivity_db), dict(self.prune_psnr), list(self.latency_points),
+                            list(dict.fromkeys(self.notes)))
