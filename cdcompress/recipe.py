@@ -128,6 +128,8 @@ class StudentSpec(_Strict):
     round_to: int = Field(1, ge=1)
     init: Literal["pruned", "random"] = "pruned"
     keep: list[str] = Field(default_factory=list)
+    latent: bool = Field(False, description="keep the encoder's outputs at the teacher's width (a latent interface): "
+                                            "their layers are not slimmed and their branches are the frozen identity")
     target: TargetSpec | None = Field(
         None, description="a budget instead of a width: the widths are searched to meet it (width and level_width "
                           "are then not used), e.g. {macs: '50%', size: 512} or {latency_ms: 40, runtime: bundle}")

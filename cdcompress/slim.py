@@ -262,6 +262,27 @@ def head_layers(pair: nn.Module, example_inputs: tuple[Any, ...]) -> list[str]:
     return [f"decoder.{order[-1]}".rstrip(".")] if order else []
 
 
+def output_layers(encoder: nn.Module, example_inputs: tuple[Any, ...]) -> list[str]:
+    """The layers whose outputs become the encoder's outputs: for each output, the last prunable layer run before
+    it with the same channel count and spatial size (activations and norms between keep both)."""
+    layers = _prunable_layers(encoder)
+    runs: list[tuple[str, tuple[int, ...]]] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: runs.append((n, tuple(out.shape))))
+               for m, n in layers.items()]
+    try:
+        with torch.no_grad():
+            outputs = encoder(*example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    found = []
+    for shape in _shapes(outputs):
+        match = next((n for n, s in reversed(runs) if s[1:] == shape[1:] or (len(s) == 3 and s[-1] == shape[-1])), None)
+        if match is not None:
+            found.append(f"encoder.{match}")
+    return sorted(set(found))
+
+
 def _out_channels(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return layer.out_features
@@ -337,6 +358,9 @@ class Slimming:
     ``tp.importance.GroupMagnitudeImportance()``; ``round_to``: widths in multiples of this;
     ``keep``: layers never pruned (``encoder.x`` / ``decoder.y``; unprefixed names are the encoder's);
     ``init``: ``pruned`` keeps the teacher's strongest filters, ``random`` re-initialises them.
+    ``latent``: keep every encoder output at the teacher's width (a latent interface): the layers producing the
+    outputs are not slimmed and their branches are the identity, frozen, so the student's own outputs are what
+    the teacher's decoder reads (no Q to keep; see docs/drop_in.md).
     ``target``: a :class:`~cdcompress.budget.Budget` (or its fields as a mapping, e.g. ``{"macs": "50%"}``):
     the widths are then searched to meet it, and ``width`` is not used (see :mod:`cdcompress.width_search`).
     ``calibration``: the data a gradient criterion (``taylor``) scores filters on, by the pair's MSE to the
@@ -353,6 +377,7 @@ class Slimming:
     seed: int = 0
     calibration: Batch | torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     target: Any = None
+    latent: bool = False
 
     def __post_init__(self) -> None:
         if self.target is not None:
@@ -361,6 +386,8 @@ class Slimming:
             self.target = Budget.of(self.target)
         if not isinstance(self.width, Slimmer):
             _check_width_spec(self.width)
+        if not isinstance(self.latent, bool):
+            raise SlimmingError(f"latent must be True or False, got {self.latent!r}")
         if self.init not in ("pruned", "random"):
             raise SlimmingError(f"init must be 'pruned' or 'random', got {self.init!r}")
         for name in ("round_to", "seed"):
@@ -421,12 +448,14 @@ def slim_pair(
     seed: int = 0,
     calibrate: Callable[[nn.Module], torch.Tensor] | None = None,
     round_to: int = 1,
+    latent: bool = False,
 ) -> SlimResult:
     """Slim copies of ``encoder`` and ``decoder`` jointly; names in ``width``/``keep`` are prefixed
     ``encoder.`` / ``decoder.`` (unprefixed names refer to the encoder).
 
     The decoder's head (its last prunable layer) and layers of the image's channel count are never
-    pruned, so the pair's output keeps its channels."""
+    pruned, so the pair's output keeps its channels; with ``latent`` the layers producing the encoder's
+    outputs are not either, so the student's outputs keep the teacher's shapes."""
     if not isinstance(example_inputs, tuple):
         # torch-pruning traces a bare batch-1 tensor as a sequence and silently prunes nothing.
         raise SlimmingError("example_inputs must be a tuple, e.g. (torch.rand(1, 3, 64, 64),)")
@@ -438,9 +467,10 @@ def slim_pair(
     before_groups = {n: m.num_channels // m.num_groups for n, m in pair.named_modules() if isinstance(m, nn.GroupNorm)}
     with torch.no_grad():
         output_shapes = _shapes(pair(*inputs))
+        encoder_shapes = _shapes(pair.encoder(*inputs))
     image_channels = int(example_inputs[0].shape[1])
     protected = sorted(set(image_width_layers(pair, image_channels)) | set(head_layers(pair, inputs))
-                       | {_qualify(n) for n in keep})
+                       | {_qualify(n) for n in keep} | set(output_layers(pair.encoder, inputs) if latent else ()))
     unknown = sorted(set(protected) - set(before))
     if unknown:
         raise SlimmingError(f"keep names unknown layer(s) {unknown}; name Conv/ConvTranspose/Linear layers as "
@@ -466,6 +496,9 @@ def slim_pair(
     with torch.no_grad():
         if _shapes(pair(*inputs)) != output_shapes:
             raise SlimmingError("slimming changed the decoder's output shape; add its output layer to keep")
+        if latent and _shapes(pair.encoder(*inputs)) != encoder_shapes:
+            raise SlimmingError("latent interface: the student's outputs are narrower than the teacher's; name the "
+                                "layers that produce the encoder's outputs in keep (encoder.<name>)")
     for module in (result.encoder, result.decoder):
         _sync_spec(module)
         module.zero_grad(set_to_none=True)

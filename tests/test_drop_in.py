@@ -285,3 +285,54 @@ def test_released_se3_is_a_drop_in_for_the_wct_decoder(tmp_path: Path) -> None:
     assert 20 < drop < teacher, rows
     text = docs.read_text()
     assert text.startswith("# Drop-in\n\nintro") and "old table" not in text and "--max-side 256" in text
+
+
+# ----------------------------------------------------------------------------- latent interface
+
+
+def test_latent_interface_keeps_the_output_width_with_a_frozen_identity() -> None:
+    """Slimming(latent=True): the latent conv keeps the teacher's 8 channels, its branch is the identity and stays
+    so through training, and the teacher's decoder reads the plain student exactly as the collaborator did."""
+    torch.manual_seed(0)
+    encoder, decoder = LatentEncoder(), LatentDecoder()
+    train = images(32)
+    fit_decoder(encoder, decoder, train)
+    d = cdcompress.apply(encoder, decoder, slim=cdcompress.Slimming(width=0.5, latent=True), example_inputs=(train[:1],))
+    assert d.slimmed.widths()["encoder.latent"] == 8 and d.slimmed.widths()["encoder.body.0.0"] == 8
+    assert "encoder.latent" in d.slimmed.protected
+    branch = d.output_embedding()["output"]
+    assert not branch.weight.requires_grad
+    held_out = images(8, seed=1)
+    with torch.no_grad():
+        before = psnr(decoder(copy.deepcopy(d.student)(held_out)).clamp(0, 1), held_out)
+    d.fit([train[i:i + 8] for i in range(0, 32, 8)] * 10, cdcompress.TrainConfig(steps=40, lr=3e-3, log_every=40))
+    assert torch.equal(branch.weight[:, :, 0, 0], torch.eye(8)) and torch.equal(branch.bias, torch.zeros(8))
+    student = d.drop_in_encoder()
+    assert not isinstance(student, DropInEncoder)  # nothing appended: the student itself speaks the teacher's latent
+    with torch.no_grad():
+        assert max_gap(decoder(student(held_out)), d.predict(held_out)) < 1e-5
+        after = psnr(decoder(student(held_out)).clamp(0, 1), held_out)
+    assert after > before, (before, after)
+
+
+def test_latent_interface_refuses_an_output_it_cannot_keep() -> None:
+    from cdcompress.errors import CDCompressError
+
+    class Pooled(nn.Module):  # the output is a pooled, concatenated mix: no single layer produces it
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    class Dec(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2d(16, 3, 1)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.head(z)
+
+    with pytest.raises(CDCompressError, match="latent interface"):
+        cdcompress.apply(Pooled(), Dec(), slim=cdcompress.Slimming(width=0.5, latent=True))

@@ -24,7 +24,17 @@ from ..data import Batch, as_batch
 from ..distributed import from_main, is_main
 from ..drop_in import DropInEncoder, drop_in
 from ..drop_in import Form as DropInForm
-from ..embed import OUTPUT, EmbeddingBranches, auto_taps, branch_key, call_counts, channels_of, flatten_outputs, is_token_feature
+from ..embed import (
+    OUTPUT,
+    EmbeddingBranches,
+    auto_taps,
+    branch_key,
+    call_counts,
+    channels_of,
+    flatten_outputs,
+    io_channels,
+    is_token_feature,
+)
 from ..errors import CDCompressError
 from ..losses import FeatureExtractor, total
 from ..modules import freeze, reinitialize
@@ -69,6 +79,7 @@ class Distiller:
         self.trained_decoder: nn.Module | None = None  # set by train_decoder (stage 3); what save() writes
         self._optimizer_state: Mapping[torch.Tensor, dict] = {}  # the last fit's, continued by the next (fit)
         self.init_branches = True  # False keeps the random Q (torch's default init); see prepare()
+        self.latent = False  # a latent interface (Slimming(latent=True)): output branches are the frozen identity
         self._branches_fitted = False  # Q is least-squares initialised once, before the first fit's first step
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
@@ -95,8 +106,9 @@ class Distiller:
         self.set_train(False)
         with torch.no_grad():
             student, teacher = self._student_features(batch.input), self._teacher_features(batch.input)
-        fit_branches({branch_key(n): self.branches[branch_key(n)] for n in self.features},
-                     {branch_key(n): student[n] for n in self.features}, {branch_key(n): teacher[n] for n in self.features})
+        fitted = [n for n in self.features if self.branches[branch_key(n)].weight.requires_grad]  # latent: frozen identity
+        fit_branches({branch_key(n): self.branches[branch_key(n)] for n in fitted},
+                     {branch_key(n): student[n] for n in fitted}, {branch_key(n): teacher[n] for n in fitted})
         self._branches_fitted = True
 
     def embedded_features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any]:
@@ -185,6 +197,8 @@ class Distiller:
         """The student with its output Q kept: it emits the teacher's features, so the teacher's own decoder
         (``self.collaborator``, or any model of the teacher's features) reads it unchanged. ``form``: ``auto`` folds Q
         into the last layer where exact (see :mod:`cdcompress.drop_in`), ``folded`` requires that, ``appended`` never folds."""
+        if self.latent:  # the outputs already have the teacher's widths and an identity branch: nothing to keep
+            return copy.deepcopy(self.student).eval()
         example = torch.rand(self.example_shape, generator=torch.Generator().manual_seed(self.seed))
         return drop_in(self.student, self.output_embedding(), example, form)
 
@@ -322,6 +336,22 @@ def _build_branches(
     return EmbeddingBranches(widths, tokens, generator), features, _output_template(t_out_raw, sources)
 
 
+def identity_outputs(branches: EmbeddingBranches, template: Any) -> None:
+    """A latent interface: every encoder output's branch is the identity and frozen, so the collaborator reads the
+    student's own outputs in stage 2 and the deployed student needs no Q."""
+    for feature in _flat_template(template).values():
+        branch = branches[branch_key(feature)]
+        student_width, teacher_width = io_channels(branch)
+        if student_width != teacher_width:
+            raise CDCompressError(f"latent interface: output {feature!r} has {student_width} channels in the student "
+                                  f"and {teacher_width} in the teacher; keep its producing layer unslimmed")
+        with torch.no_grad():
+            branch.weight.copy_(torch.eye(teacher_width).reshape(branch.weight.shape))
+            if branch.bias is not None:
+                branch.bias.zero_()
+        branch.requires_grad_(False)
+
+
 def _is_vgg_pair(teacher: nn.Module, collaborator: nn.Module) -> bool:
     from ..models.vgg import VGGDecoder, VGGEncoder
 
@@ -385,7 +415,7 @@ def apply(
 
     def cut(width: WidthSpec | Slimmer) -> SlimResult:
         return slim_pair(teacher, collab, tuple(example_inputs), width, importance, slimming.keep, slimming.seed,
-                         slimming.calibration_loss(), slimming.round_to)
+                         slimming.calibration_loss(), slimming.round_to, slimming.latent)
 
     if slimming.target is not None:
         slimmed = _cut_to_budget(teacher, collab, int(example.shape[1]), slimming, cut, mirror)
@@ -399,7 +429,11 @@ def apply(
     for p in slimmed.encoder.parameters():
         p.requires_grad_(True)
     branches, features, template = _build_branches(teacher, slimmed.encoder, tap_names, example, generator)
+    if slimming.latent:
+        identity_outputs(branches, template)
     perceptual_taps = getattr(chosen, "perceptual_taps", None)
-    return Distiller(teacher, collab, slimmed, branches, features, template,
-                     features if perceptual_taps is None else perceptual_taps, chosen, beta,
-                     tuple(int(d) for d in example.shape), seed)
+    distiller = Distiller(teacher, collab, slimmed, branches, features, template,
+                          features if perceptual_taps is None else perceptual_taps, chosen, beta,
+                          tuple(int(d) for d in example.shape), seed)
+    distiller.latent = slimming.latent
+    return distiller

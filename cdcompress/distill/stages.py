@@ -147,7 +147,7 @@ class DistillStage:
         wants_data = needs_gradients(importance) or (target is not None and target["allocation"] != "uniform")
         calibration = as_batch(run.sampler(run.train_paths, recipe.stages.distill.batch, 6)[0]) if wants_data else None
         slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration,
-                            target)
+                            target, student.latent)
         objective = recipe.objective
         standard = {"lambda_p": objective.lambda_p, "lambda_s": objective.lambda_s,
                     "perceptual_taps": perceptual_taps(recipe, encoder, level)}
