@@ -216,12 +216,14 @@ def test_recipe_target_drives_the_student_and_the_report(tmp_path: Path) -> None
     assert "## Budget (student.target)" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_dry_run_prints_the_chosen_widths_and_their_cost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["images", "noisy-pairs"])
+def test_dry_run_prints_the_chosen_widths_and_their_cost(source: str, tmp_path: Path) -> None:
+    """Also on a paired data source, whose sampler is iterated, not indexed (the calibration batch comes from it)."""
     from cdcompress.cli import main
     from tests.test_recipes import VALID
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(VALID)
+    path.write_text(VALID.replace("data: {", f"data: {{source: {source}, "))
     result = CliRunner().invoke(main, ["distill", "--recipe", str(path), "--set", "student.target.params=50%",
                                        "--dry-run"])
     assert result.exit_code == 0, result.output

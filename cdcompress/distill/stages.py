@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from ..data import as_batch
+from ..data import as_batch, batches
 from ..device import module_device, resolve_device
 from ..embed import flatten_outputs
 from ..errors import CDCompressError
@@ -145,7 +145,7 @@ class DistillStage:
         target = student.target.budget_fields() if student.target is not None else None
         # A budget's sensitivity allocation measures the collaborator's reconstruction on the same kind of batch.
         wants_data = needs_gradients(importance) or (target is not None and target["allocation"] != "uniform")
-        calibration = as_batch(run.sampler(run.train_paths, recipe.stages.distill.batch, 6)[0]) if wants_data else None
+        calibration = next(batches(run.sampler(run.train_paths, recipe.stages.distill.batch, 6), 0, 1)) if wants_data else None
         slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration,
                             target, student.latent)
         objective = recipe.objective
