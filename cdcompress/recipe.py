@@ -92,35 +92,6 @@ class CollaboratorSpec(_Strict):
                                                      "images worse than this (dB): it is not a trained collaborator; 0 = off")
 
 
-class TargetSpec(_Strict):
-    """A budget the student must meet (``cdcompress.budget.Budget``): exactly one of params, macs, latency_ms."""
-
-    params: float | str | None = None
-    macs: float | str | None = None
-    latency_ms: float | str | None = None
-    size: int | list[int] = 512
-    runtime: str = "eager"
-    part: str = "encoder"
-    tolerance: float = 0.05
-    allocation: str = "auto"
-    threads: int | None = None
-    repeats: int = 7
-
-    @model_validator(mode="after")
-    def _a_valid_budget(self) -> TargetSpec:
-        from .budget import budget_problem
-
-        problem = budget_problem(self.model_dump())
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    def budget_fields(self) -> dict[str, Any]:
-        data = self.model_dump()
-        data["size"] = tuple(data["size"]) if isinstance(data["size"], list) else data["size"]
-        return data
-
-
 class StudentSpec(_Strict):
     width: Width = 0.25
     level_width: dict[int, dict[str, float | int]] = Field(default_factory=dict)
@@ -130,9 +101,10 @@ class StudentSpec(_Strict):
     keep: list[str] = Field(default_factory=list)
     latent: bool = Field(False, description="keep the encoder's outputs at the teacher's width (a latent interface): "
                                             "their layers are not slimmed and their branches are the frozen identity")
-    target: TargetSpec | None = Field(
-        None, description="a budget instead of a width: the widths are searched to meet it (width and level_width "
-                          "are then not used), e.g. {macs: '50%', size: 512} or {latency_ms: 40, runtime: bundle}")
+    target: dict[str, Any] | None = Field(
+        None, description="a budget instead of a width (cdcompress.budget.Budget's fields): the widths are searched to "
+                          "meet it (width and level_width are then not used), e.g. {macs: '50%', size: 512} or "
+                          "{latency_ms: 40, runtime: bundle}")
     drop_in: Literal["off", "auto", "folded", "appended"] = Field(
         "off", description="also save drop_in/: the student with its output embedding Q kept (folded into the last "
                            "layer where exact, else appended), paired with the collaborator (the teacher's decoder)")
@@ -142,6 +114,19 @@ class StudentSpec(_Strict):
     def _drop_in_off_is_not_a_boolean(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare ``off`` as False; that can only mean "off"."""
         return "off" if value is False else value
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_a_budget(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The Budget's own rules (torch-free), so a recipe refuses exactly what the Python API refuses."""
+        from .budget import Budget, BudgetError
+
+        if value is not None:
+            try:
+                Budget.of(value)
+            except BudgetError as exc:
+                raise ValueError(str(exc).removeprefix("budget: ")) from None
+        return value
 
     @field_validator("importance")
     @classmethod

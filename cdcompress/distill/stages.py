@@ -142,9 +142,9 @@ class DistillStage:
             width = {**base, **student.level_width[level]}
         importance = plugin_reference(student.importance)
         # A gradient criterion scores filters on the run's own training data (a paired source's targets included).
-        target = student.target.budget_fields() if student.target is not None else None
+        target = student.target
         # A budget's sensitivity allocation measures the collaborator's reconstruction on the same kind of batch.
-        wants_data = needs_gradients(importance) or (target is not None and target["allocation"] != "uniform")
+        wants_data = needs_gradients(importance) or (target is not None and target.get("allocation", "auto") != "uniform")
         calibration = next(batches(run.sampler(run.train_paths, recipe.stages.distill.batch, 6), 0, 1)) if wants_data else None
         slimming = Slimming(width, importance, student.round_to, student.keep, student.init, recipe.seed, calibration,
                             target, student.latent)
