@@ -555,9 +555,13 @@ def _sync_spec(module: nn.Module) -> None:
 
 
 def vgg_mirror_widths(encoder_widths: Mapping[str, int | float], conv_order: Sequence[str]) -> dict[str, int | float]:
-    """Width spec for a VGG pair: decoder ``convXY`` outputs the width of the encoder conv before XY."""
+    """Width spec for a VGG pair: decoder ``convXY`` outputs the width of the encoder conv before XY (unless the
+    spec names that decoder layer itself: ``decoder.convXY``)."""
     spec: dict[str, int | float] = {}
+    explicit = {name: value for name, value in encoder_widths.items() if name.startswith("decoder.")}
     for name, value in encoder_widths.items():
+        if name in explicit:
+            continue
         key = name.removeprefix("encoder.")
         spec[f"encoder.{key}"] = value
         if key in conv_order:
@@ -566,4 +570,5 @@ def vgg_mirror_widths(encoder_widths: Mapping[str, int | float], conv_order: Seq
                 spec[f"decoder.{conv_order[index + 1]}"] = value
     if "*" in encoder_widths:
         spec["*"] = encoder_widths["*"]
+    spec.update(explicit)  # a decoder layer named explicitly keeps its own width
     return spec

@@ -2,7 +2,7 @@
 
 1. **Uniform**: one width ratio for every prunable layer, found by bisection on the slimmed copy's real cost
    (``round_to``, protected layers and coupled groups included, since the copy is really slimmed).
-2. **Sensitivity** (with calibration data): each of the measured part's layers is cut alone to that ratio and the
+2. **Sensitivity** (with calibration data): each encoder layer is cut alone to that ratio and the
    collaborator's reconstruction of the calibration batch is measured; a layer whose cut costs more dB keeps more
    channels (ratio ∝ damage^½, within 4x of the uniform ratio, scaled by bisection to the same budget). The
    allocation is kept only if the whole cut reconstructs better than the uniform one before any training;
@@ -266,10 +266,11 @@ class _Search:
         """Per-layer width multipliers from each layer's damage when cut alone to ``ratio`` (geometric mean 1)."""
         if self._weights is not None:
             return self._weights
-        prefix = "encoder." if self.budget.part == "encoder" else ""
         _, uniform_result = self.cache[repr(ratio)]
+        # Encoder layers only, also for a pair budget: the student encoder is what distillation trains, and a cut of
+        # a decoder layer alone leaves no student to measure (the decoder layers keep the uniform ratio).
         roots = [w.name for w in uniform_result.layers
-                 if w.requested is not None and w.name.startswith(prefix) and w.name not in uniform_result.protected]
+                 if w.requested is not None and w.name.startswith("encoder.") and w.name not in uniform_result.protected]
         reference = self._reconstruction_mse(None)
         damage = {}
         for name in roots:

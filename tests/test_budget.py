@@ -229,3 +229,18 @@ def test_dry_run_prints_the_chosen_widths_and_their_cost(source: str, tmp_path: 
     assert result.exit_code == 0, result.output
     assert "budget: encoder params 50%" in result.output
     assert "predicted" in result.output and "measured" in result.output and ": met" in result.output
+
+
+def test_vgg_pair_budget_of_the_whole_pair() -> None:
+    """A VGG pair mirrors encoder widths into its decoder; a pair budget names decoder layers too, and wins."""
+    from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
+
+    torch.manual_seed(0)
+    spec = VGGSpec.vgg19(2)
+    encoder, decoder = VGGEncoder(spec), VGGDecoder(spec)
+    goal = (count_parameters(encoder) + count_parameters(decoder)) // 4
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    d = cdcompress.apply(encoder, decoder, slim=Slimming(target={"params": goal, "part": "pair"}, calibration=images))
+    total = count_parameters(d.student) + count_parameters(d.slimmed.decoder)
+    assert within(total, goal), (total, goal, d.slimmed.summary())
+    assert d.slimmed.widths() == d.slimmed.budget.widths
