@@ -9,9 +9,10 @@
    otherwise the uniform widths stand.
 
 Parameters and MACs are counted exactly, so predicted = measured. Latency is predicted from MACs by a curve through
-measured points (the teacher, three uniform cuts, then every candidate: piecewise linear, made monotone), the chosen
-student is measured, and the MAC goal is re-read from the curve until the measurement is within tolerance (at most
-:data:`LATENCY_ROUNDS` rounds).
+measured points (the teacher and three uniform cuts; piecewise linear, made monotone), which chooses the allocation
+and a first width; then the chosen allocation's one-parameter family is searched on *measured* latency (regula falsi
+in a bracket, each architecture measured once, at most :data:`LATENCY_ROUNDS` measurements): equal MACs need not
+mean equal time when an allocation widens memory-bound high-resolution layers.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ SENSITIVITY_EXPONENT = 0.5
 #: A layer's width stays within this factor of the uniform ratio: one small calibration batch and one cut ratio
 #: measure damage roughly, and a layer measured harmless on it is not therefore worthless.
 MAX_WEIGHT = 4.0
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 8
 
 Slim = Callable[[WidthSpec], SlimResult]
 
@@ -169,6 +170,18 @@ def _check_below_teacher(goal: float, teacher_cost: float, budget: Budget) -> No
                           "target; nothing needs cutting (ask for less, or use slim=<ratio>)")
 
 
+def _as_spec(ratio: float) -> WidthSpec:
+    return ratio
+
+
+def _next_inside(below: tuple[float, float], above: tuple[float, float], goal: float) -> float:
+    """Regula falsi between a (t, ms) under the goal and one over it, kept 10% inside the bracket so that noise
+    or a flat stretch cannot stall it at one end."""
+    (t_low, ms_low), (t_high, ms_high) = below, above
+    share = (goal - ms_low) / (ms_high - ms_low) if ms_high > ms_low else 0.5
+    return t_low + min(0.9, max(0.1, share)) * (t_high - t_low)
+
+
 class _Search:
     def __init__(self, budget: Budget, meter: CostMeter, slim: Slim, calibration: Batch | None,
                  mirror: Callable[[WidthSpec], WidthSpec], uncut: nn.Module) -> None:
@@ -181,6 +194,9 @@ class _Search:
         self.prune_psnr: dict[str, float] = {}
         self.latency_points: list[dict[str, float]] = []
         self._weights: dict[str, float] | None = None
+        self.measured: dict[str, float] = {}  # ms per architecture (sorted widths)
+        #: The chosen allocation as a one-parameter family: (spec of t, t chosen, lowest t, highest t).
+        self.family: tuple[Callable[[float], WidthSpec], float, float, float] = (_as_spec, 1.0, MIN_RATIO, 1.0)
 
     # -- evaluating specs
 
@@ -234,18 +250,26 @@ class _Search:
     def counted(self, goal: float) -> tuple[Candidate, float]:
         """The allocation for a params/MACs goal: uniform, then sensitivity where it reconstructs better."""
         uniform, ratio = self.uniform(goal)
+        self.family = (_as_spec, ratio, MIN_RATIO, 1.0)
         if not self._use_sensitivity():
             return uniform, ratio
         weights = self.weights(ratio, uniform)
         if not weights:
             return uniform, ratio
+
+        def allocation(u: float) -> WidthSpec:
+            return self._allocation(u, weights, ratio)
+
         top = 1 / min(weights.values())
-        allocated, _ = self._bisect("sensitivity", lambda u: self._allocation(u, weights, ratio), goal, MIN_RATIO, top)
+        allocated, scale = self._bisect("sensitivity", allocation, goal, MIN_RATIO, top)
         tolerance = self.budget.tolerance
         if abs(allocated.count(self.metric) / goal - 1) > tolerance:
             self.notes.append("the sensitivity allocation could not land within tolerance; uniform widths kept")
             return uniform, ratio
-        return self._better(uniform, allocated), ratio
+        chosen = self._better(uniform, allocated)
+        if chosen is allocated:
+            self.family = (allocation, scale, MIN_RATIO, top)
+        return chosen, ratio
 
     def _use_sensitivity(self) -> bool:
         allocation = self.budget.allocation
@@ -315,6 +339,9 @@ class _Search:
     # -- latency: predicted from MACs, then measured and corrected
 
     def latency(self, encoder: nn.Module, decoder: nn.Module, teacher: Candidate) -> BudgetSearch:
+        """Predict from MACs to choose the allocation and a first width, then search that allocation's one-parameter
+        family on *measured* latency (regula falsi inside a bracket): two allocations of equal MACs can differ in
+        speed (wide high-resolution layers are memory-bound), so the MACs curve only starts the search."""
         budget = self.budget
         teacher_ms = self.meter.latency(encoder, decoder)
         self._point(teacher.macs, teacher_ms)
@@ -322,32 +349,43 @@ class _Search:
         _check_below_teacher(goal, teacher_ms, budget)
         measured_at = {}
         for ratio in (0.5, 0.25, MIN_RATIO):
-            probe = self.evaluate("uniform", ratio)
-            _, result = self.cache[repr(ratio)]
-            if result is not None:
-                measured_at[ratio] = self.meter.latency(result.encoder, result.decoder)
-                self._point(probe.macs, measured_at[ratio])
-        narrowest = measured_at.get(MIN_RATIO, teacher_ms)
+            measured_at[ratio] = self._measure(self.evaluate("uniform", ratio))
+        narrowest = measured_at[MIN_RATIO]
         if narrowest > goal * (1 + budget.tolerance):
             raise BudgetError(f"budget {budget.describe()} cannot be met: the narrowest student reachable (every "
                               f"prunable layer at its minimum width) measures {narrowest:.3g} ms (teacher "
                               f"{teacher_ms:.3g} ms); ask for at least that, or measure at a larger size")
-        best: tuple[Candidate, float, float, float] | None = None
         macs_goal = max(self._predict_macs(goal), self.evaluate("uniform", MIN_RATIO).macs)
+        first, ratio = self.counted(macs_goal)
+        family, t, low, high = self.family
+        label = first.label
+        below, above = (low, narrowest), (high, teacher_ms)
+        best: tuple[Candidate, float, float] | None = None
         for _ in range(LATENCY_ROUNDS):
-            chosen, ratio = self.counted(max(macs_goal, 1.0))
-            result = self.slim(chosen.widths)
-            measured = self.meter.latency(result.encoder, result.decoder)
-            self._point(chosen.macs, measured)
-            predicted = self._predict_ms(chosen.macs)
-            if best is None or abs(measured / goal - 1) < abs(best[3] / goal - 1):
-                best = (chosen, ratio, predicted, measured)
+            candidate = self.evaluate(label, family(t))
+            predicted = self._predict_ms(candidate.macs)  # before its own measurement joins the curve
+            measured = self._measure(candidate)
+            if best is None or abs(measured / goal - 1) < abs(best[1] / goal - 1):
+                best = (candidate, measured, predicted)
             if abs(measured / goal - 1) <= budget.tolerance:
                 break
-            macs_goal = max(self._predict_macs(goal), self.evaluate("uniform", MIN_RATIO).macs)
+            if measured < goal:
+                below = (t, measured)
+            else:
+                above = (t, measured)
+            t = _next_inside(below, above, goal)
         assert best is not None
-        chosen, ratio, predicted, measured = best
+        chosen, measured, predicted = best
         return self.result(goal, teacher_ms, chosen, ratio, predicted, measured)
+
+    def _measure(self, candidate: Candidate) -> float:
+        """Latency of ``candidate`` on the runtime (each architecture measured once), added to the MACs curve."""
+        key = repr(sorted(candidate.widths.items()))
+        if key not in self.measured:
+            result = self.slim(candidate.widths)
+            self.measured[key] = self.meter.latency(result.encoder, result.decoder)
+            self._point(candidate.macs, self.measured[key])
+        return self.measured[key]
 
     def _point(self, macs: int, ms: float) -> None:
         self.latency_points.append({"macs": float(macs), "ms": ms})
