@@ -125,10 +125,15 @@ def _quantized(path: Path, role: str, inputs: list[np.ndarray]) -> Path:
     from .export.int8 import quantize_graph
 
     target = path.with_name(f"{role}-int8.onnx")
-    if len(inputs) == 1:
-        quantize_graph(path, target, [inputs[0]], role)
-    else:  # a decoder of several feature maps: its calibration reader feeds every input by name
-        _quantize_multi_input(path, target, inputs, role)
+    try:
+        if len(inputs) == 1:
+            quantize_graph(path, target, [inputs[0]], role)
+        else:  # a decoder of several feature maps: its calibration reader feeds every input by name
+            _quantize_multi_input(path, target, inputs, role)
+    except (ValueError, RuntimeError, NotImplementedError) as exc:  # onnxruntime's quantizer refusing this graph
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BudgetError(f"runtime 'int8': onnxruntime cannot quantize this {role} graph ({first}); measure on "
+                          "'bundle' (fp32) instead") from None
     return target
 
 

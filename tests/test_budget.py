@@ -244,3 +244,16 @@ def test_vgg_pair_budget_of_the_whole_pair() -> None:
     total = count_parameters(d.student) + count_parameters(d.slimmed.decoder)
     assert within(total, goal), (total, goal, d.slimmed.summary())
     assert d.slimmed.widths() == d.slimmed.budget.widths
+
+
+def test_int8_runtime_that_cannot_quantize_a_graph_says_so_in_one_line() -> None:
+    """onnxruntime's quantizer refuses the U-Net encoder graph (a weight shared between QDQ nodes): a budget on
+    ``int8`` for it must say so and name the fix, not raise the quantizer's traceback."""
+    pytest.importorskip("onnxruntime")
+    from cdcompress.latency import measure_latency
+    from cdcompress.models.unet import unet_encoder
+
+    torch.manual_seed(0)
+    with pytest.raises(BudgetError, match="cannot quantize this encoder graph.*measure on 'bundle'") as caught:
+        measure_latency(unet_encoder(), None, (1, 3, 32, 32), "int8", threads=1, repeats=1)
+    assert "\n" not in str(caught.value)
