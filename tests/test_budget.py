@@ -91,7 +91,7 @@ def test_api_and_recipe_refuse_the_same_budgets(fields: dict, message: str, tmp_
 
     with pytest.raises(BudgetError, match=message):
         Budget.of(fields)
-    from tests.test_recipes import VALID
+    from test_recipes import VALID
 
     path = tmp_path / "r.yaml"
     path.write_text(VALID)
@@ -199,9 +199,10 @@ def test_cuda_runtime_without_a_gpu_is_one_line() -> None:
 
 
 def test_recipe_target_drives_the_student_and_the_report(tmp_path: Path) -> None:
+    from test_recipes import VALID
+
     from cdcompress.distill.run import run_recipe
     from cdcompress.recipe import load_recipe
-    from tests.test_recipes import VALID
 
     path = tmp_path / "tiny.yaml"
     path.write_text(VALID)
@@ -219,8 +220,9 @@ def test_recipe_target_drives_the_student_and_the_report(tmp_path: Path) -> None
 @pytest.mark.parametrize("source", ["images", "noisy-pairs"])
 def test_dry_run_prints_the_chosen_widths_and_their_cost(source: str, tmp_path: Path) -> None:
     """Also on a paired data source, whose sampler is iterated, not indexed (the calibration batch comes from it)."""
+    from test_recipes import VALID
+
     from cdcompress.cli import main
-    from tests.test_recipes import VALID
 
     path = tmp_path / "tiny.yaml"
     path.write_text(VALID.replace("data: {", f"data: {{source: {source}, "))
