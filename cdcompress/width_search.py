@@ -56,7 +56,6 @@ class Candidate:
     widths: dict[str, int]
     params: int
     macs: int
-    latency_ms: float | None = None
 
     def count(self, metric: str) -> float:
         return float(self.macs if metric in ("macs", "latency_ms") else self.params)
