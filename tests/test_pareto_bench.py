@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ROOT / "runs" / "denoise" / "teacher" / "model.json"
 METHODS = {"CD", "feature-KD", "prune-only"}
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    if not TEACHER.is_file():
-        pytest.skip(f"needs the U-Net teacher {TEACHER} (python benchmarks/denoise_unet.py)")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("pareto")
