@@ -169,6 +169,10 @@ def _check_below_teacher(goal: float, teacher_cost: float, budget: Budget) -> No
                           "target; nothing needs cutting (ask for less, or use slim=<ratio>)")
 
 
+def _widths_key(widths: Mapping[str, int]) -> str:
+    return repr(sorted(widths.items()))
+
+
 def _as_spec(ratio: float) -> WidthSpec:
     return ratio
 
@@ -194,6 +198,7 @@ class _Search:
         self.latency_points: list[dict[str, float]] = []
         self._weights: dict[str, float] | None = None
         self.measured: dict[str, float] = {}  # ms per architecture (sorted widths)
+        self.by_widths: dict[str, SlimResult] = {}  # every slimmed copy, by its widths: each architecture cut once
         #: The chosen allocation as a one-parameter family: (spec of t, t chosen, lowest t, highest t).
         self.family: tuple[Callable[[float], WidthSpec], float, float, float] = (_as_spec, 1.0, MIN_RATIO, 1.0)
 
@@ -210,6 +215,8 @@ class _Search:
                 result = None
             candidate = self.meter.candidate(label, result) if result is not None else None
             self.cache[key] = (candidate, result)  # type: ignore[assignment]
+            if result is not None:
+                self.by_widths.setdefault(_widths_key(result.widths()), result)
         candidate, _ = self.cache[key]
         if candidate is None:
             return Candidate(label, {}, 1 << 62, 1 << 62)  # nothing removed: as dear as the teacher, never chosen
@@ -252,7 +259,7 @@ class _Search:
         self.family = (_as_spec, ratio, MIN_RATIO, 1.0)
         if not self._use_sensitivity():
             return uniform, ratio
-        weights = self.weights(ratio, uniform)
+        weights = self.weights(ratio)
         if not weights:
             return uniform, ratio
 
@@ -285,7 +292,7 @@ class _Search:
             spec[name] = min(1.0, max(MIN_RATIO, scale * weight))
         return self.mirror(spec)
 
-    def weights(self, ratio: float, uniform: Candidate) -> dict[str, float]:
+    def weights(self, ratio: float) -> dict[str, float]:
         """Per-layer width multipliers from each layer's damage when cut alone to ``ratio`` (geometric mean 1)."""
         if self._weights is not None:
             return self._weights
@@ -315,6 +322,13 @@ class _Search:
         result = self.slim(spec)
         return self._mse(EncoderDecoderPair(result.encoder, result.decoder))
 
+    def _cut(self, widths: dict[str, int]) -> SlimResult:
+        """The slimmed copy with these absolute widths (cut while searching, or now)."""
+        key = _widths_key(widths)
+        if key not in self.by_widths:
+            self.by_widths[key] = self.slim(widths)
+        return self.by_widths[key]
+
     def _mse(self, pair: nn.Module) -> float:
         batch = self.calibration
         assert batch is not None
@@ -327,7 +341,8 @@ class _Search:
     def _better(self, uniform: Candidate, allocated: Candidate) -> Candidate:
         scores = {}
         for candidate in (uniform, allocated):
-            mse = self._reconstruction_mse(candidate.widths)
+            result = self._cut(candidate.widths)
+            mse = self._mse(EncoderDecoderPair(result.encoder, result.decoder))
             scores[candidate.label] = mse
             self.prune_psnr[candidate.label] = 10 * math.log10(1 / max(mse, 1e-12))
         if scores["sensitivity"] < scores["uniform"]:
@@ -379,9 +394,9 @@ class _Search:
 
     def _measure(self, candidate: Candidate) -> float:
         """Latency of ``candidate`` on the runtime (each architecture measured once), added to the MACs curve."""
-        key = repr(sorted(candidate.widths.items()))
+        key = _widths_key(candidate.widths)
         if key not in self.measured:
-            result = self.slim(candidate.widths)
+            result = self._cut(candidate.widths)
             self.measured[key] = self.meter.latency(result.encoder, result.decoder)
             self._point(candidate.macs, self.measured[key])
         return self.measured[key]
