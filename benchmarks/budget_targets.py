@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.budget import Budget, BudgetError
-from cdcompress.cost import count_macs
-from cdcompress.latency import measure_latency
-from cdcompress.modules import count_parameters
+from cdcompress.budget.spec import Budget, BudgetError
+from cdcompress.cost.latency import measure_latency
+from cdcompress.cost.static import count_macs
+from cdcompress.surgery.modules import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -41,8 +41,8 @@ def pairs(names: Sequence[str]) -> dict[str, tuple[nn.Module, nn.Module, int]]:
 
         folder = SHARED / "reference" / "wct-vgg19"
         if (folder / "vgg_normalised_conv3_1.pth").is_file():
+            from cdcompress.distill.recipe import TeacherSpec
             from cdcompress.distill.teachers import load_teacher
-            from cdcompress.recipe import TeacherSpec
 
             teacher = load_teacher(TeacherSpec(source="wct-pytorch", path=str(folder)), 3)
             found["wct level 3 (real teacher)"] = (teacher.encoder, teacher.decoder, 512)

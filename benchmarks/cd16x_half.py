@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from cdcompress.data.images import load_image, save_image
+from cdcompress.distill.recipe import check_paths, load_recipe
 from cdcompress.distill.run import run_recipe
-from cdcompress.images import load_image, save_image
 from cdcompress.models import load
-from cdcompress.recipe import check_paths, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {

@@ -121,10 +121,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
 
-    from cdcompress.cost import stylize_cost
+    from cdcompress.cost.static import stylize_cost
     from cdcompress.export import OnnxBackend, export_bundle
     from cdcompress.models import convert_cd_release, load, save
-    from cdcompress.stylize import TorchBackend
+    from cdcompress.stylization import TorchBackend
 
     with tempfile.TemporaryDirectory(prefix="cdcompress-runtimes-") as tmp:
         model_dir = args.model or save(convert_cd_release(SHARED / "reference/cd16x"), Path(tmp) / "cd16x")

@@ -37,8 +37,8 @@ def _noop_allreduce(state, bucket):  # noqa: ANN001, ANN202 (DDP checks the hook
 def worker(args: argparse.Namespace) -> None:
     """Runs in every process: warm-up, timed steps, and (N > 1) timed steps without communication."""
     import cdcompress
-    from cdcompress import distributed
-    from cdcompress.data import CropSampler, skimage_photos
+    from cdcompress.data.batches import CropSampler, skimage_photos
+    from cdcompress.distill import distributed
     from cdcompress.distill.trainer import TrainConfig
     from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
 
@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> None:
         task.fit(sampler, TrainConfig(steps=2, lr=1e-4, log_every=2, device=str(device)))  # warm-up
         timings = {"with communication": _timed_fit(task, sampler, config, device)}
         if distributed.world_size() > 1:
-            import cdcompress.distributed as dist_module
+            import cdcompress.distill.distributed as dist_module
 
             original = dist_module.data_parallel
 
@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _timed_fit(task: object, sampler: object, config: object, device: torch.device) -> float:
-    from cdcompress import distributed
+    from cdcompress.distill import distributed
 
     distributed.barrier()
     if device.type == "cuda":

@@ -35,9 +35,12 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.cost import count_macs
-from cdcompress.data import skimage_photos
-from cdcompress.denoise import (
+from cdcompress.cost.pair import compare
+from cdcompress.cost.static import count_macs
+from cdcompress.data.batches import skimage_photos
+from cdcompress.evaluation.metrics import psnr
+from cdcompress.models.unet import DEFAULT_GROUPS, DEFAULT_WIDTHS, stride_of, unet_decoder, unet_encoder
+from cdcompress.tasks.denoise import (
     DEFAULT_SIGMA,
     NoisyPairs,
     Pair,
@@ -47,9 +50,6 @@ from cdcompress.denoise import (
     pair_model,
     train_denoiser,
 )
-from cdcompress.metrics import psnr
-from cdcompress.models.unet import DEFAULT_GROUPS, DEFAULT_WIDTHS, stride_of, unet_decoder, unet_encoder
-from cdcompress.pair_cost import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "images"

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from cdcompress.distill import Distiller, apply
 from cdcompress.distill.trainer import TrainConfig, Trainer
-from cdcompress.embed import OUTPUT, branch_key
 from cdcompress.models import convert_cd_release, teacher_architecture
+from cdcompress.surgery.embed import OUTPUT, branch_key
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO.parent / "shared" / "reference" / "cd16x"

@@ -1,7 +1,7 @@
 """The released SE3 student as a drop-in for the WCT teacher's own level-3 decoder.
 
 The paper's SE3 (16x smaller) was trained with a linear embedding ``conv31_aux`` (64 -> 256 channels) read by a
-frozen big decoder; kept after training (``cdcompress.drop_in``), it makes SE3 emit relu3_1 features the
+frozen big decoder; kept after training (``cdcompress.surgery.drop_in``), it makes SE3 emit relu3_1 features the
 teacher's decoder reads unchanged. Mean PSNR over ../shared/images/style (long side <= --max-side, cropped to a
 multiple of 16) for: the teacher pair, the drop-in student -> teacher decoder, and the released student pair
 (SE3 -> SD3, its own trained decoder). Prints a Markdown table and, with --docs, writes it to docs/drop_in.md.
@@ -29,11 +29,11 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from cdcompress.drop_in import DropInEncoder, drop_in
-from cdcompress.evaluate import image_files, load_scaled
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.evaluate import image_files, load_scaled
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.converters import convert_wct_pytorch
+from cdcompress.surgery.drop_in import DropInEncoder, drop_in
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LEVEL = 3
@@ -137,7 +137,7 @@ class Student:
         """The ``cdcompress distill`` line that reproduces the run: its config.yaml against the bundled recipe it names
         (every differing key as ``--set``); None when the recipe cannot be loaded or the run has no config."""
         try:
-            from cdcompress.recipe import load_recipe
+            from cdcompress.distill.recipe import load_recipe
 
             base = yaml.safe_load(yaml.safe_dump(load_recipe(self.config["name"]).model_dump(mode="python"), sort_keys=False))
         except Exception:  # noqa: BLE001 - a missing or changed recipe only drops the command line

@@ -62,7 +62,7 @@ def load_inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """content/in1.jpg resized to size², style/in3.jpg (512²); random images if ../shared is absent."""
     import torch.nn.functional as F
 
-    from cdcompress.images import load_image
+    from cdcompress.data.images import load_image
 
     content_path, style_path = SHARED / "images/content/in1.jpg", SHARED / "images/style/in3.jpg"
     if not content_path.is_file():
@@ -79,7 +79,7 @@ def measure(backends: list[Any], content: torch.Tensor, style: torch.Tensor,
     One warm-up run each; the measured runs alternate between backends so that load from other
     processes on a shared machine hits them alike.
     """
-    from cdcompress.stylize import stylize
+    from cdcompress.stylization import stylize
 
     timed = [TimedBackend(b) for b in backends]
     results = [stylize(t, content, style, method="wct", tile=0) for t in timed]
@@ -142,7 +142,7 @@ def main() -> None:
 
     from cdcompress.export import OnnxBackend, export_bundle, load_profile
     from cdcompress.models import convert_cd_release, load, save
-    from cdcompress.stylize import TorchBackend
+    from cdcompress.stylization import TorchBackend
 
     with tempfile.TemporaryDirectory(prefix="cdcompress-bench-") as tmp:
         model_dir = args.model

@@ -135,8 +135,8 @@ def check_amp(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def check_stylize(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """Device-resident five-level WCT of one frame (4096x2160 on a GPU), its time and peak device memory."""
-    from cdcompress.models.registry import resolve_model
-    from cdcompress.stylize import TorchBackend, stylize
+    from cdcompress.models.resolve import resolve_model
+    from cdcompress.stylization import TorchBackend, stylize
 
     height, width = sized(args, (2160, 4096), (96, 160))
     torch.manual_seed(0)
@@ -162,8 +162,8 @@ def check_stylize(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 def check_onnx(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """An exported bundle stylizes through onnxruntime: the CUDA execution provider on a GPU, else the CPU's."""
     from cdcompress.export import OnnxBackend, export_bundle, load_profile
-    from cdcompress.models.registry import resolve_model
-    from cdcompress.stylize import stylize
+    from cdcompress.models.resolve import resolve_model
+    from cdcompress.stylization import stylize
 
     torch.manual_seed(0)
     model = resolve_model("vgg19-x0.25")[0]

@@ -37,15 +37,15 @@ from typing import Any
 
 import torch
 
-from cdcompress.device import resolve_device
+from cdcompress.core.device import resolve_device
+from cdcompress.core.errors import CDCompressError
+from cdcompress.distill.recipe import Recipe, check_paths, load_recipe
 from cdcompress.distill.run import eval_images, run_recipe
-from cdcompress.errors import CDCompressError
-from cdcompress.evaluate import reconstruct
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.evaluate import reconstruct
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.converters import convert_wct_pytorch, wct_levels
 from cdcompress.models.format import CDModel
-from cdcompress.recipe import Recipe, check_paths, load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import finish_axes, save_figure  # noqa: E402

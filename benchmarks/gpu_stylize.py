@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from cdcompress.models import convert_cd_release, save
-from cdcompress.models.registry import resolve_model
-from cdcompress.stylize import TorchBackend, stylize
-from cdcompress.stylize.tiling import parse_memory
+from cdcompress.models.resolve import resolve_model
+from cdcompress.stylization import TorchBackend, stylize
+from cdcompress.stylization.tiling import parse_memory
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO.parent / "shared" / "reference" / "cd16x"

@@ -99,8 +99,8 @@ def arm_overrides(study: str, share: float, method: str, size: int, steps: int, 
 
 def run_arm(study: str, run_dir: Path, sets: list[str]) -> dict[str, Any]:
     """One recipe run, reused when its report exists with the same overrides; returns report + wall seconds."""
+    from cdcompress.distill.recipe import check_paths, load_recipe
     from cdcompress.distill.run import run_recipe
-    from cdcompress.recipe import check_paths, load_recipe
 
     config, report_path, wall_path = run_dir / "config.json", run_dir / "report.json", run_dir / "wall.json"
     if report_path.is_file() and config.is_file() and json.loads(config.read_text()) == sets:
@@ -127,7 +127,7 @@ def architecture(encoder: Any, decoder: Any) -> str:
 
 
 def bundle_ms(encoder: Any, decoder: Any, size: int, repeats: int, rounds: int) -> dict[str, Any]:
-    from cdcompress.latency import measure_latency
+    from cdcompress.cost.latency import measure_latency
 
     medians = [measure_latency(encoder, decoder, (1, 3, size, size), "bundle", threads=1, repeats=repeats)
                for _ in range(rounds)]
@@ -136,8 +136,8 @@ def bundle_ms(encoder: Any, decoder: Any, size: int, repeats: int, rounds: int) 
 
 
 def teacher_pair(study: str, sets: list[str]) -> tuple[Any, Any]:
+    from cdcompress.distill.recipe import load_recipe
     from cdcompress.distill.run import load_teacher
-    from cdcompress.recipe import load_recipe
 
     recipe = load_recipe(STUDIES[study]["recipe"], overrides=sets)
     teacher = load_teacher(recipe.teacher, STUDIES[study]["level"])
@@ -149,7 +149,7 @@ def run_study(study: str, args: argparse.Namespace, results: dict[str, Any]) -> 
     import torch
 
     from cdcompress import load
-    from cdcompress.cost import count_macs
+    from cdcompress.cost.static import count_macs
 
     spec = STUDIES[study]
     level = spec["level"]
@@ -211,7 +211,7 @@ def run_study(study: str, args: argparse.Namespace, results: dict[str, Any]) -> 
         log(f"{study}: teacher bundle latency at {size}x{size}")
         encoder, decoder = teacher_pair(study, arm_overrides(study, budgets[0], "CD", size, steps, decoder_steps, args.quick))
         entry["teacher_latency"] = bundle_ms(encoder, decoder, size, repeats, rounds)
-        from cdcompress.modules import count_parameters
+        from cdcompress.surgery.modules import count_parameters
 
         entry["teacher_encoder_params"] = count_parameters(encoder)
     for arm in arms.values():

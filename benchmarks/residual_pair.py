@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.data import CropSampler, skimage_photos
-from cdcompress.metrics import psnr
+from cdcompress.data.batches import CropSampler, skimage_photos
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models.resae import ResDecoder, ResEncoder, fit_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]

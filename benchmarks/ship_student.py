@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import eval_images
-from cdcompress.evaluate import image_files, reconstruction
-from cdcompress.metrics import mean_psnr
+from cdcompress.evaluation.evaluate import image_files, reconstruction
+from cdcompress.evaluation.metrics import mean_psnr
 from cdcompress.models import convert_cd_release, load
-from cdcompress.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

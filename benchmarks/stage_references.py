@@ -5,7 +5,7 @@
   (``D(Q·SE(x))``), beside our students' stage-2 figure (the same collaborator decoding our Q·F').
 - Stage 3: our stage 3 trained for the released SE{k} (frozen, decoder from ``d{k}_base``) against SD{k}: with a
   good encoder, a shortfall is stage 3's.
-- Level 1: the least-squares linear decoder of each encoder's features (:mod:`cdcompress.ceiling`), the most any
+- Level 1: the least-squares linear decoder of each encoder's features (:mod:`cdcompress.evaluation.ceiling`), the most any
   level-1 decoder can reach from them.
 
 One protocol for every number: held-out ``../shared/images/style`` photos, shorter side 256, cropped to a multiple
@@ -28,19 +28,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdcompress.ceiling import linear_ceiling, refit_output_conv
-from cdcompress.data import CropSampler
+from cdcompress.data.batches import CropSampler
 from cdcompress.distill.decoder import starting_decoder, train_decoder
 from cdcompress.distill.distiller import Distiller
+from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images
 from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
 from cdcompress.distill.trainer import TrainConfig
-from cdcompress.metrics import mean_psnr
+from cdcompress.evaluation.ceiling import linear_ceiling, refit_output_conv
+from cdcompress.evaluation.metrics import mean_psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.checkpoint import read_state_dict
 from cdcompress.models.vgg import VGGDecoder, conv_names
-from cdcompress.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cdcompress.allocator import retained_heap
-from cdcompress.data import CropSampler
+from cdcompress.core.allocator import retained_heap
+from cdcompress.data.batches import CropSampler
+from cdcompress.distill.losses import FeatureExtractor
+from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths
 from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
-from cdcompress.losses import FeatureExtractor
-from cdcompress.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.evaluate import image_files, mean_style, style_evaluation
-from cdcompress.gram import evaluation_encoder
+from cdcompress.evaluation.evaluate import image_files, mean_style, style_evaluation
+from cdcompress.evaluation.gram import evaluation_encoder
 from cdcompress.models import convert_cd_release
-from cdcompress.models.registry import resolve_model
+from cdcompress.models.resolve import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.measure import CostReport, PairedTiming, cost_report, format_cost_table, measure_pairs
+from cdcompress.cost.measure import CostReport, PairedTiming, cost_report, format_cost_table, measure_pairs
 from cdcompress.models import convert_cd_release, save
-from cdcompress.stylize.tiling import parse_memory
+from cdcompress.stylization.tiling import parse_memory
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO.parent / "shared" / "reference" / "cd16x"

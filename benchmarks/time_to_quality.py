@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from cdcompress.distill.recipe import check_paths, load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images, run_recipe
 from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
 from cdcompress.models import load
-from cdcompress.recipe import check_paths, load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import finish_axes, save_figure  # noqa: E402

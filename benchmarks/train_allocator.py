@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.allocator import ENV_SWITCH, retain_supported
-from cdcompress.data import CropSampler, skimage_photos
+from cdcompress.core.allocator import ENV_SWITCH, retain_supported
+from cdcompress.data.batches import CropSampler, skimage_photos
 from cdcompress.distill import TrainConfig, apply
 from cdcompress.models import teacher_architecture
 

@@ -45,8 +45,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from cdcompress import load, stylize
-    from cdcompress.images import image_size
-    from cdcompress.stylize import as_backend, make_job, plan_tiling
+    from cdcompress.data.images import image_size
+    from cdcompress.stylization import as_backend, make_job, plan_tiling
 
     torch.set_num_threads(args.threads)
     model = load(args.model)

@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
+from cdcompress.data.images import center_square
+from cdcompress.distill.recipe import check_paths, load_recipe
 from cdcompress.distill.run import eval_images, run_recipe
-from cdcompress.evaluate import image_files, load_scaled, mean_style, reconstruct, style_evaluation
-from cdcompress.images import center_square
-from cdcompress.metrics import psnr, ssim
+from cdcompress.evaluation.evaluate import image_files, load_scaled, mean_style, reconstruct, style_evaluation
+from cdcompress.evaluation.metrics import psnr, ssim
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.converters import convert_wct_pytorch
 from cdcompress.models.format import CDModel
-from cdcompress.recipe import check_paths, load_recipe
-from cdcompress.stylize import stylize
+from cdcompress.stylization import stylize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import finish_axes, save_figure  # noqa: E402

@@ -1,24 +1,25 @@
 """cdcompress: Collaborative Distillation for encoder-decoder networks.
 
 Public names load on first use, so ``import cdcompress`` and ``cdcompress --help`` do not import torch.
+``cdcompress.stylize`` is the stylize function; its machinery is the ``cdcompress.stylization`` subpackage.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_exports
+from .core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ARCHITECTURES": ".registry",
-    "Batch": ".data",
-    "CDCompressError": ".errors",
+    "ARCHITECTURES": ".core.registry",
+    "Batch": ".data.batches",
+    "CDCompressError": ".core.errors",
     "CDModel": ".models.format",
     "Distiller": ".distill.distiller",
     "ObjectiveContext": ".distill.objectives",
-    "Slimming": ".slim",
+    "Slimming": ".surgery.slim",
     "TrainConfig": ".distill.trainer",
     "VGGDecoder": ".models.vgg",
     "VGGEncoder": ".models.vgg",
@@ -27,20 +28,21 @@ _EXPORTS = {
     "load": ".models.format",
     "save": ".models.format",
     "save_pair": ".models.format",
+    "stylize": ".stylization.pipeline",
 }
-#: ``cdcompress.stylize`` is the subpackage, which is also callable as the stylize function.
-_SUBMODULES = ("export", "stylize")
+_SUBMODULES = ("export",)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
     from . import export as export
-    from .data import Batch as Batch
+    from .core.errors import CDCompressError as CDCompressError
+    from .core.registry import ARCHITECTURES as ARCHITECTURES
+    from .data.batches import Batch as Batch
     from .distill.distiller import Distiller as Distiller
     from .distill.distiller import apply as apply
     from .distill.objectives import ObjectiveContext as ObjectiveContext
     from .distill.trainer import TrainConfig as TrainConfig
-    from .errors import CDCompressError as CDCompressError
     from .models.format import CDModel as CDModel
     from .models.format import load as load
     from .models.format import save as save
@@ -48,6 +50,5 @@ if TYPE_CHECKING:  # what static checkers see; at run time the names load on fir
     from .models.vgg import VGGDecoder as VGGDecoder
     from .models.vgg import VGGEncoder as VGGEncoder
     from .models.vgg import VGGSpec as VGGSpec
-    from .registry import ARCHITECTURES as ARCHITECTURES
-    from .slim import Slimming as Slimming
-    from .stylize import stylize as stylize
+    from .stylization.pipeline import stylize as stylize
+    from .surgery.slim import Slimming as Slimming

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 import cdcompress
-from cdcompress.data import skimage_photos
-from cdcompress.denoise import NoisyPairs, heldout_pairs, mean_psnr, pair_model, train_denoiser
+from cdcompress.data.batches import skimage_photos
 from cdcompress.export.pair import PairRunner
 from cdcompress.models.unet import unet_decoder, unet_encoder
+from cdcompress.tasks.denoise import NoisyPairs, heldout_pairs, mean_psnr, pair_model, train_denoiser
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cdcompress
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.metrics import psnr
 
 
 class Encoder(nn.Module):  # your encoder: any nn.Module; several outputs (U-Net skips) are fine

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from cdcompress.evaluate import reconstruct
-from cdcompress.images import load_image, save_image
-from cdcompress.metrics import psnr
+from cdcompress.data.images import load_image, save_image
+from cdcompress.evaluation.evaluate import reconstruct
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models import convert_cd_release
 
 ROOT = Path(__file__).resolve().parents[1]

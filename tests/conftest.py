@@ -83,13 +83,13 @@ def random_student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def content(images_dir: Path) -> torch.Tensor:
     """A real-photo crop whose sides are multiples of neither the tiles nor the level-5 stride."""
-    from cdcompress.images import load_image
+    from cdcompress.data.images import load_image
 
     return load_image(images_dir / "content/in4.jpg")[..., 100:250, 60:241]
 
 
 @pytest.fixture(scope="module")
 def style(images_dir: Path) -> torch.Tensor:
-    from cdcompress.images import load_image
+    from cdcompress.data.images import load_image
 
     return torch.nn.functional.interpolate(load_image(images_dir / "style/in2.jpg"), size=(96, 96), mode="area")

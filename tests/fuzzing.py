@@ -30,7 +30,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cdcompress.errors import CDCompressError
+from cdcompress.core.errors import CDCompressError
 
 KINDS = ("model-json", "safetensors", "shapes", "bundle-manifest", "onnx-graph", "recipe", "image", "image-cli")
 #: Values a mutation puts where a field was: wrong types, out-of-range numbers, hostile strings.
@@ -477,7 +477,7 @@ YAML_VALUES: tuple[Any, ...] = (*ODD_VALUES, "off", "yes", "1e3", "skimage", "au
 
 
 def _validate_recipe(path: Path) -> Any:
-    from cdcompress.recipe import check_paths, load_recipe
+    from cdcompress.distill.recipe import check_paths, load_recipe
 
     recipe = load_recipe(path)
     check_paths(recipe, str(path))
@@ -486,7 +486,7 @@ def _validate_recipe(path: Path) -> Any:
 
 def _recipe_ok(recipe: Any) -> str | None:
     """A recipe that validates must survive a round trip and name a usable output folder."""
-    from cdcompress.recipe import to_yaml, validate
+    from cdcompress.distill.recipe import to_yaml, validate
 
     again = validate(yaml.safe_load(to_yaml(recipe)), "round-trip")
     if again != recipe:
@@ -496,7 +496,7 @@ def _recipe_ok(recipe: Any) -> str | None:
 
 
 def recipe_cases(work: Path, n: int, seed: int) -> Iterator[Outcome]:
-    from cdcompress.recipe import bundled_recipes
+    from cdcompress.distill.recipe import bundled_recipes
 
     rng = random.Random(seed)
     recipes = bundled_recipes()
@@ -639,7 +639,7 @@ def mutate_image(sample: Sample, rng: random.Random) -> tuple[bytes, str, bool]:
 
 
 def _image_ok(path: Path, sample: Sample, intact: bool) -> Callable[[torch.Tensor], str | None]:
-    from cdcompress.images import image_size
+    from cdcompress.data.images import image_size
 
     def check(tensor: torch.Tensor) -> str | None:
         if tensor.dtype != torch.float32 or tensor.dim() != 4 or tensor.shape[:2] != (1, 3):
@@ -664,7 +664,7 @@ def _image_ok(path: Path, sample: Sample, intact: bool) -> Callable[[torch.Tenso
 
 
 def image_cases(work: Path, n: int, seed: int) -> Iterator[Outcome]:
-    from cdcompress.images import load_image
+    from cdcompress.data.images import load_image
 
     rng = random.Random(seed)
     corpus = image_corpus()
@@ -697,7 +697,7 @@ def image_cli_cases(model_dir: Path, work: Path, n: int, seed: int) -> Iterator[
 
         def check(out: Path = out, content: Path = content, sample: Sample = sample, intact: bool = intact,
                   role: str = role) -> str | None:
-            from cdcompress.images import image_size
+            from cdcompress.data.images import image_size
 
             if not out.is_file():
                 return "exit 0 without an output file"

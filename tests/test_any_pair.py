@@ -17,7 +17,7 @@ from zoo import GNUNetDecoder, GNUNetEncoder, ResNetDecoder, ResNetEncoder
 
 import cdcompress
 from cdcompress.cli import main
-from cdcompress.modules import count_parameters
+from cdcompress.surgery.modules import count_parameters
 
 PAIRS = {"unet-convtranspose-groupnorm": (GNUNetEncoder, GNUNetDecoder), "resnet-batchnorm": (ResNetEncoder, ResNetDecoder)}
 
@@ -129,7 +129,7 @@ def test_layernorm_and_linear_tokens_slim_with_the_residual() -> None:
 def test_importance_plugins_from_torch_pruning_and_the_registry() -> None:
     import torch_pruning as tp
 
-    from cdcompress.slim import IMPORTANCES
+    from cdcompress.surgery.slim import IMPORTANCES
 
     magnitude = cdcompress.Slimming(0.5, importance=tp.importance.GroupMagnitudeImportance())
     d = cdcompress.apply(ResNetEncoder(), ResNetDecoder(), slim=magnitude)
@@ -227,7 +227,7 @@ def test_registered_architecture_loads_through_the_cli(tmp_path: Path, monkeypat
     assert record["encoder"]["registered"] == {"name": "test-gn-unet-encoder", "kwargs": {"width": 8}}
 
     photo = tmp_path / "photo.png"
-    from cdcompress.images import save_image
+    from cdcompress.data.images import save_image
 
     save_image(photo_batches(1, 48), photo)
     runner = CliRunner()

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import cdcompress
+from cdcompress.core.errors import CDCompressError
+from cdcompress.distill.recipe import RecipeError, load_recipe
 from cdcompress.distill.trainer import TrainConfig
-from cdcompress.errors import CDCompressError
 from cdcompress.export.errors import ExportError
 from cdcompress.export.manifest import bundle_precision, level_precisions
-from cdcompress.recipe import RecipeError, load_recipe
-from cdcompress.slim import Slimming, SlimmingError
+from cdcompress.surgery.slim import Slimming, SlimmingError
 
 # --------------------------------------------------------------------------- TrainConfig
 

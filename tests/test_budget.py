@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from torch import nn
 
 import cdcompress
-from cdcompress.budget import Budget, BudgetError
-from cdcompress.cost import count_macs
-from cdcompress.modules import count_parameters
-from cdcompress.slim import Slimming
-from cdcompress.width_search import CostMeter
+from cdcompress.budget.search import CostMeter
+from cdcompress.budget.spec import Budget, BudgetError
+from cdcompress.cost.static import count_macs
+from cdcompress.surgery.modules import count_parameters
+from cdcompress.surgery.slim import Slimming
 
 
 def conv_pair(width: int = 32) -> tuple[nn.Module, nn.Module]:
@@ -87,7 +87,7 @@ def test_unreachable_targets_say_so_with_the_closest_value(target: dict, message
     ({"params": 1000, "allocation": "greedy"}, "allocation"),
 ])
 def test_api_and_recipe_refuse_the_same_budgets(fields: dict, message: str, tmp_path: Path) -> None:
-    from cdcompress.recipe import RecipeError, load_recipe
+    from cdcompress.distill.recipe import RecipeError, load_recipe
 
     with pytest.raises(BudgetError, match=message):
         Budget.of(fields)
@@ -162,7 +162,7 @@ class ModelledLatency(CostMeter):
 
 @pytest.mark.parametrize("share", [0.3, 0.6])
 def test_latency_target_is_met_after_measuring(share: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cdcompress.width_search as search_module
+    import cdcompress.budget.search as search_module
 
     monkeypatch.setattr(search_module, "CostMeter", ModelledLatency)
     encoder, _ = conv_pair()
@@ -178,7 +178,7 @@ def test_latency_target_is_met_after_measuring(share: float, monkeypatch: pytest
 @pytest.mark.parametrize("runtime", ["eager", "bundle", "int8"])
 def test_latency_is_measured_on_each_runtime(runtime: str) -> None:
     pytest.importorskip("onnxruntime")
-    from cdcompress.latency import measure_latency
+    from cdcompress.cost.latency import measure_latency
 
     encoder, decoder = conv_pair(8)
     for part in (None, decoder):
@@ -189,7 +189,7 @@ def test_latency_is_measured_on_each_runtime(runtime: str) -> None:
 def test_cuda_runtime_without_a_gpu_is_one_line() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from cdcompress.latency import measure_latency
+    from cdcompress.cost.latency import measure_latency
 
     with pytest.raises(BudgetError, match="needs a CUDA GPU"):
         measure_latency(*conv_pair(8), (1, 3, 32, 32), "cuda")
@@ -201,8 +201,8 @@ def test_cuda_runtime_without_a_gpu_is_one_line() -> None:
 def test_recipe_target_drives_the_student_and_the_report(tmp_path: Path) -> None:
     from test_recipes import VALID
 
+    from cdcompress.distill.recipe import load_recipe
     from cdcompress.distill.run import run_recipe
-    from cdcompress.recipe import load_recipe
 
     path = tmp_path / "tiny.yaml"
     path.write_text(VALID)
@@ -252,7 +252,7 @@ def test_int8_runtime_that_cannot_quantize_a_graph_says_so_in_one_line() -> None
     """onnxruntime's quantizer refuses the U-Net encoder graph (a weight shared between QDQ nodes): a budget on
     ``int8`` for it must say so and name the fix, not raise the quantizer's traceback."""
     pytest.importorskip("onnxruntime")
-    from cdcompress.latency import measure_latency
+    from cdcompress.cost.latency import measure_latency
     from cdcompress.models.unet import unet_encoder
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The least-squares output-layer solve (cdcompress.ceiling) on real photos and real decoders."""
+"""The least-squares output-layer solve (cdcompress.evaluation.ceiling) on real photos and real decoders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from skimage import data
 from torch import nn
 
-from cdcompress.ceiling import conv_columns, linear_ceiling, mean_psnr, refit_output_conv
-from cdcompress.errors import CDCompressError
+from cdcompress.core.errors import CDCompressError
+from cdcompress.evaluation.ceiling import conv_columns, linear_ceiling, mean_psnr, refit_output_conv
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
 
 

@@ -104,7 +104,7 @@ def test_help_listing_and_argument_errors_do_not_load_torch(args: list[str]) -> 
 
 def test_registries_declare_exactly_their_built_ins() -> None:
     """A recipe naming a built-in plug-in validates without imports, trusting ``provides``: it must be true."""
-    from cdcompress import registry
+    from cdcompress.core import registry
 
     axes = [registry.ARCHITECTURES, registry.IMPORTANCES, registry.OBJECTIVES, registry.TEACHER_SOURCES,
             registry.DATA_SOURCES]
@@ -127,12 +127,15 @@ def test_command_table_matches_the_commands() -> None:
     assert set(main.commands) == set(COMMANDS)
 
 
-def test_stylize_is_the_package_and_the_function() -> None:
-    """``cdcompress.stylize(...)`` works however the package was reached first."""
-    import cdcompress
-    import cdcompress.stylize.pipeline as pipeline
+def test_stylize_is_the_function_and_stylization_the_package() -> None:
+    """``cdcompress.stylize`` is one thing, the function, however the subpackage was reached first."""
+    import types
 
-    assert callable(cdcompress.stylize) and cdcompress.stylize.pipeline is pipeline
+    import cdcompress
+    import cdcompress.stylization.pipeline as pipeline
+
+    assert cdcompress.stylize is pipeline.stylize and isinstance(cdcompress.stylization, types.ModuleType)
+    assert not callable(cdcompress.stylization)
     from cdcompress.models import student_architecture
 
     image = torch.rand(1, 3, 32, 32)

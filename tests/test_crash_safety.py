@@ -29,8 +29,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from cdcompress import atomic
-from cdcompress.atomic import recover, save_torch, staged_directory, staged_file, write_json
+from cdcompress.core import atomic
+from cdcompress.core.atomic import recover, save_torch, staged_directory, staged_file, write_json
 from cdcompress.models import CDModel, convert_cd_release, load, save, student_architecture
 
 CTX = multiprocessing.get_context("fork")
@@ -476,7 +476,7 @@ def test_concurrent_file_writers_do_not_collide(tmp_path: Path) -> None:
 def test_results_have_plain_permissions_and_images_keep_their_format(tmp_path: Path) -> None:
     from PIL import Image
 
-    from cdcompress.images import save_image
+    from cdcompress.data.images import save_image
 
     umask = os.umask(0o027)
     try:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cdcompress.data.images import load_image
+from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import run_recipe
-from cdcompress.images import load_image
 from cdcompress.models import CDModel, load
-from cdcompress.recipe import load_recipe
-from cdcompress.stylize import TorchBackend, stylize
+from cdcompress.stylization import TorchBackend, stylize
 
 pytestmark = pytest.mark.cuda  # skipped without a GPU (tests/conftest.py); run with pytest --device cuda
 

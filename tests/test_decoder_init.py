@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import cdcompress
+from cdcompress.core.errors import CDCompressError
 from cdcompress.distill.decoder import fold_output_branch
-from cdcompress.errors import CDCompressError
 from cdcompress.models import VGGDecoder, VGGEncoder, VGGSpec
 
 
@@ -67,7 +67,7 @@ def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> No
     assert [r["step"] for r in result.curve] == [0, 2, 4, 5]
     assert all(5 < r["heldout/psnr"] < 60 for r in result.curve)
     with torch.no_grad():  # the last point is the collaborator decoding the trained student's Q·F'
-        from cdcompress.metrics import psnr
+        from cdcompress.evaluation.metrics import psnr
 
         expected = sum(psnr(d.predict(x).clamp(0, 1), x) for x in held_out) / 2
     assert abs(result.curve[-1]["heldout/psnr"] - expected) < 1e-3
@@ -83,7 +83,7 @@ def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> No
 
 def test_recipe_stages_cover_the_schema_in_order() -> None:
     """Every stage a recipe can configure has a runner, run in the paper's order (collaborator, student, decoder)."""
+    from cdcompress.distill.recipe import StagesSpec
     from cdcompress.distill.stages import STAGES
-    from cdcompress.recipe import StagesSpec
 
     assert [stage.key for stage in STAGES] == list(StagesSpec.model_fields) == ["collaborator", "distill", "decoder"]

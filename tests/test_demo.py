@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from conftest import SHARED
 
 from cdcompress.cli import main
-from cdcompress.demo import choose_demo
+from cdcompress.core.errors import CDCompressError
+from cdcompress.distill.demo import choose_demo
+from cdcompress.distill.recipe import RecipeError, TeacherSpec, check_paths, load_recipe
 from cdcompress.distill.teachers import load_teacher
-from cdcompress.errors import CDCompressError
 from cdcompress.models import VGGDecoder, VGGEncoder, VGGSpec, load, save
 from cdcompress.models.format import CDModel
-from cdcompress.recipe import RecipeError, TeacherSpec, check_paths, load_recipe
-from cdcompress.weights import WCT_ENV, locate_wct
+from cdcompress.models.weights import WCT_ENV, locate_wct
 
 WCT = SHARED / "reference" / "wct-vgg19"
 TINY = ["data.resize=40", "data.crop=32", "data.eval_size=64", "stages.distill.steps=2", "stages.decoder.steps=2",

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from cdcompress.cli import main
-from cdcompress.device import resolve_device
-from cdcompress.errors import CDCompressError
+from cdcompress.core.device import resolve_device
+from cdcompress.core.errors import CDCompressError
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 

@@ -17,9 +17,9 @@ from test_any_pair import loader, photo_batches
 from zoo import ResNetDecoder, ResNetEncoder
 
 import cdcompress
-from cdcompress import distributed
+from cdcompress.distill import distributed
 from cdcompress.distill.teachers import TEACHER_SOURCES
-from cdcompress.modules import reinitialize
+from cdcompress.surgery.modules import reinitialize
 
 VGG_RECIPE = textwrap.dedent(
     """
@@ -68,8 +68,8 @@ def _resnet_teacher(path: str, level: int, width: int = 8) -> tuple[torch.nn.Mod
 
 
 def _run(tmp_path: Path, text: str) -> Path:
+    from cdcompress.distill.recipe import load_recipe
     from cdcompress.distill.run import run_recipe
-    from cdcompress.recipe import load_recipe
 
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
@@ -166,7 +166,7 @@ def test_stylize_on_a_virtual_gpu_stays_there(tile: int) -> None:
     result equals the CPU computation."""
     from conftest import random_student
 
-    from cdcompress.stylize import TorchBackend, stylize
+    from cdcompress.stylization import TorchBackend, stylize
 
     generator = torch.Generator().manual_seed(0)
     content, style = torch.rand(1, 3, 72, 88, generator=generator), torch.rand(1, 3, 48, 48, generator=generator)

@@ -17,7 +17,7 @@ import torch
 from test_reliability import RECIPE as RELIABILITY_RECIPE
 
 from cdcompress import load
-from cdcompress.distributed import ProcessSyncBatchNorm, synced_batchnorm
+from cdcompress.distill.distributed import ProcessSyncBatchNorm, synced_batchnorm
 
 TESTS = Path(__file__).resolve().parent
 

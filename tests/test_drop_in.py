@@ -13,10 +13,10 @@ from torch import nn
 from zoo import GNUNetDecoder, GNUNetEncoder, TokenDecoder, TokenEncoder, conv_gn
 
 import cdcompress
-from cdcompress.drop_in import DropInEncoder, drop_in, producing_layers
-from cdcompress.embed import flatten_outputs
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
+from cdcompress.surgery.drop_in import DropInEncoder, drop_in, producing_layers
+from cdcompress.surgery.embed import flatten_outputs
 
 
 class LatentEncoder(nn.Module):
@@ -244,7 +244,7 @@ def test_recipe_saves_drop_in_beside_student(tmp_path: Path) -> None:
     from test_recipes import VALID
 
     from cdcompress.cli import main
-    from cdcompress.recipe import RecipeError, load_recipe
+    from cdcompress.distill.recipe import RecipeError, load_recipe
 
     path = tmp_path / "tiny.yaml"
     path.write_text(VALID.replace("student: {width: 0.5}", "student: {width: 0.5, drop_in: auto}"))
@@ -316,7 +316,7 @@ def test_latent_interface_keeps_the_output_width_with_a_frozen_identity() -> Non
 
 
 def test_latent_interface_refuses_an_output_it_cannot_keep() -> None:
-    from cdcompress.errors import CDCompressError
+    from cdcompress.core.errors import CDCompressError
 
     class Pooled(nn.Module):  # the output is a pooled, concatenated mix: no single layer produces it
         def __init__(self) -> None:

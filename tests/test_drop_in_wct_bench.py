@@ -45,10 +45,10 @@ def test_without_student_the_options_are_unchanged() -> None:
 
 @NEEDS_SHARED
 def test_student_row_equals_se3_row_for_se3_itself(tmp_path: Path) -> None:
-    from cdcompress.drop_in import drop_in
+    from cdcompress.distill.recipe import load_recipe, to_yaml
     from cdcompress.models import CDModel, convert_cd_release, save
     from cdcompress.models.converters import convert_wct_pytorch
-    from cdcompress.recipe import load_recipe, to_yaml
+    from cdcompress.surgery.drop_in import drop_in
 
     released = convert_cd_release(RELEASE, levels=(3,)).eval()
     student = drop_in(released.encoder(3), {"output": released.branches[3]["relu3_1"]}, torch.rand(1, 3, 64, 64),

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from zoo import ResNetDecoder, ResNetEncoder, TokenDecoder, TokenEncoder, UNetDecoder, UNetEncoder
 
-from cdcompress.data import Batch, CropSampler, skimage_photos
+from cdcompress.core.errors import CDCompressError
+from cdcompress.data.batches import Batch, CropSampler, skimage_photos
 from cdcompress.distill import TrainConfig, apply
-from cdcompress.errors import CDCompressError
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
-from cdcompress.modules import count_parameters
-from cdcompress.slim import Slimming, SlimmingError, slim_pair
+from cdcompress.surgery.modules import count_parameters
+from cdcompress.surgery.slim import Slimming, SlimmingError, slim_pair
 
 
 def checksum(module: nn.Module) -> str:
@@ -321,7 +321,7 @@ class _SharedReluEncoder(nn.Module):
 
 def test_shared_activation_modules_are_not_tapped() -> None:
     """A hook on a module that runs twice sees only its last call: auto taps skip it, explicit taps are refused."""
-    from cdcompress.embed import auto_taps
+    from cdcompress.surgery.embed import auto_taps
 
     encoder, example = _SharedReluEncoder(), torch.rand(1, 3, 32, 32)
     assert auto_taps(encoder, example) == ["act"]  # not the shared "relu" before the stride-2 conv

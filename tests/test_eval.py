@@ -11,11 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from cdcompress.cli import main
-from cdcompress.cost import count_macs, stylize_cost
-from cdcompress.errors import CDCompressError
-from cdcompress.evaluate import load_scaled, mean_style, style_evaluation
-from cdcompress.gram import evaluation_encoder, gram, gram_distance, style_distances
-from cdcompress.measure import (
+from cdcompress.core.errors import CDCompressError
+from cdcompress.cost.measure import (
     PairedTiming,
     RunMeasurement,
     _bisect_side,
@@ -25,9 +22,12 @@ from cdcompress.measure import (
     measure_stylize,
     planned_max_sides,
 )
-from cdcompress.models.registry import resolve_model
-from cdcompress.modules import count_parameters
-from cdcompress.stylize import stylize
+from cdcompress.cost.static import count_macs, stylize_cost
+from cdcompress.evaluation.evaluate import load_scaled, mean_style, style_evaluation
+from cdcompress.evaluation.gram import evaluation_encoder, gram, gram_distance, style_distances
+from cdcompress.models.resolve import resolve_model
+from cdcompress.stylization import stylize
+from cdcompress.surgery.modules import count_parameters
 
 
 def run(*args: object) -> tuple[int, str]:

@@ -28,8 +28,8 @@ from cdcompress.export import tensorrt as trt_mod
 from cdcompress.export.onnx import ParityRow, check_parity, format_parity_table
 from cdcompress.models import load
 from cdcompress.models.format import sha256_file
-from cdcompress.models.registry import resolve_model
-from cdcompress.stylize.backend import Backend, TorchBackend
+from cdcompress.models.resolve import resolve_model
+from cdcompress.stylization.backend import Backend, TorchBackend
 
 
 def run(*args: Any) -> tuple[int, str]:
@@ -426,8 +426,8 @@ def test_released_bundle_is_smaller_than_the_checkpoint(released_bundle: Path, r
 @pytest.mark.slow  # shares the ~40-60 s export of all ten released graphs
 def test_bundle_stylizes_like_pytorch_untiled_and_tiled(released_bundle: Path, released_model_dir: Path,
                                                         images_dir: Path) -> None:
-    from cdcompress.images import load_image
-    from cdcompress.stylize import stylize
+    from cdcompress.data.images import load_image
+    from cdcompress.stylization import stylize
 
     content = load_image(images_dir / "content" / "in2.jpg")[..., :144, :176]
     style = load_image(images_dir / "style" / "in3.jpg")[..., :96, :112]
@@ -459,7 +459,7 @@ def test_cli_stylize_from_bundle(released_bundle: Path, released_model_dir: Path
 _RSS_PROBE = """
 import sys, torch
 from cdcompress.export import OnnxBackend, runtime
-from cdcompress.stylize import stylize
+from cdcompress.stylization import stylize
 if sys.argv[2] == "own":  # each session with an arena of its own (onnxruntime's default)
     runtime._share_cpu_arena = lambda ort, options: None
 image = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))

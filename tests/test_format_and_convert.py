@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdcompress.errors import CheckpointError, ModelFormatError
-from cdcompress.evaluate import reconstruction
+from cdcompress.core.errors import CheckpointError, ModelFormatError
+from cdcompress.evaluation.evaluate import reconstruction
 from cdcompress.models import convert_cd_release, convert_torchvision, load, save, student_architecture
 from cdcompress.models.checkpoint import read_state_dict
 from cdcompress.models.converters import decoder_from_state_dict
 from cdcompress.models.vgg import VGG19_WIDTHS, VGGDecoder, VGGSpec
-from cdcompress.modules import count_parameters
+from cdcompress.surgery.modules import count_parameters
 
 # PSNR (dB) of se{k} -> sd{k} from ../shared/reference/cd16x/README.md (images cropped to multiples of 16).
 REFERENCE_PSNR = {

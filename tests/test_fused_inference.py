@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdcompress.allocator import ENV_SWITCH, retain_supported, retained_heap
+from cdcompress.core.allocator import ENV_SWITCH, retain_supported, retained_heap
 from cdcompress.models import VGGDecoder, VGGEncoder, VGGSpec, fused_inference, load
 from cdcompress.models.vgg import reflect_conv3x3
 
@@ -95,7 +95,7 @@ def test_fused_released_students_match_plain(released_model_dir: Path) -> None:
 _FAULT_PROBE = """
 import resource, torch
 from cdcompress.models import student_architecture
-from cdcompress.stylize import stylize
+from cdcompress.stylization import stylize
 model = student_architecture(0.25)
 content, style = torch.rand(1, 3, 768, 768), torch.rand(1, 3, 256, 256)
 stylize(model, content, style, levels=[3, 2, 1], tile=0)  # warm-up: lazy initialisation is not the point
@@ -144,7 +144,7 @@ def test_retained_heap_scope_restores_defaults() -> None:
 
 _MID_SIZE_PROBE = """
 import resource, torch
-from cdcompress.allocator import retained_heap
+from cdcompress.core.allocator import retained_heap
 with retained_heap():
     torch.ones(1 << 20)
 def churn():

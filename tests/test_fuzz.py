@@ -14,8 +14,8 @@ import pytest
 from fuzzing import KINDS, Counts, run_campaign
 from PIL import Image
 
-from cdcompress import images
-from cdcompress.errors import ImageError
+from cdcompress.core.errors import ImageError
+from cdcompress.data import images
 
 #: Cases per kind in CI (the benchmark's table uses more); every kind has mutations of every sub-kind at this size.
 CI_CASES = {"model-json": 80, "safetensors": 60, "shapes": 60, "bundle-manifest": 60, "onnx-graph": 40, "recipe": 90,

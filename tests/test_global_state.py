@@ -13,8 +13,8 @@ from torch import nn
 
 import cdcompress
 from cdcompress.distill.decoder import starting_decoder
-from cdcompress.modules import reinitialize
-from cdcompress.slim import Slimming
+from cdcompress.surgery.modules import reinitialize
+from cdcompress.surgery.slim import Slimming
 
 
 class Gain(nn.Module):
@@ -96,8 +96,8 @@ def test_stage_three_random_decoder_comes_from_the_distillers_seed() -> None:
 
 def test_a_recipe_run_gives_the_callers_rng_back(tmp_path: Path) -> None:
     """``run_recipe`` seeds torch with the recipe's seed for the run only; the caller's stream is as it was."""
+    from cdcompress.distill.recipe import load_recipe
     from cdcompress.distill.run import run_recipe
-    from cdcompress.recipe import load_recipe
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY)

@@ -19,9 +19,9 @@ from test_cli_foundation import assert_one_line_error, run
 from test_reliability import cli, finish, write_recipe
 from test_tiling import _png_header_only
 
-from cdcompress.data import CropSampler
-from cdcompress.errors import ImageError
-from cdcompress.images import load_image
+from cdcompress.core.errors import ImageError
+from cdcompress.data.batches import CropSampler
+from cdcompress.data.images import load_image
 
 SIDE = 64
 UNUSABLE = ("truncated.jpg", "empty.png", "not_an_image.jpg", "one_pixel.png", "over_limit.png")

@@ -54,7 +54,7 @@ def assert_clean_failure(result, where: Path) -> None:
 
 
 def _is_valid(recipe: dict, tmp: Path) -> bool:
-    from cdcompress.recipe import RecipeError, check_paths, validate
+    from cdcompress.distill.recipe import RecipeError, check_paths, validate
 
     try:
         check_paths(validate(recipe, "x"), "x")

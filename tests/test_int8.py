@@ -13,7 +13,7 @@ from PIL import Image
 
 from cdcompress.cli import main
 from cdcompress.export import OnnxBackend
-from cdcompress.stylize import stylize
+from cdcompress.stylization import stylize
 
 pytest.importorskip("onnxruntime.quantization")
 

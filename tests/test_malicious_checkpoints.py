@@ -18,7 +18,7 @@ from test_format_and_convert import _RunsCode
 
 from cdcompress.models import save
 from cdcompress.models.format import SPEC_FILE, sha256_file
-from cdcompress.models.registry import resolve_model
+from cdcompress.models.resolve import resolve_model
 
 
 def _craft(path: Path, marker: Path) -> Path:

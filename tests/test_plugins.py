@@ -17,10 +17,10 @@ PLUGINS = textwrap.dedent(
     import torch
     import torch.nn.functional as F
 
-    from cdcompress.data import DATA_SOURCES, CropSampler
+    from cdcompress.data.batches import DATA_SOURCES, CropSampler
     from cdcompress.distill.objectives import OBJECTIVES
     from cdcompress.distill.teachers import TEACHER_SOURCES
-    from cdcompress.slim import IMPORTANCES
+    from cdcompress.surgery.slim import IMPORTANCES
     from zoo import GNUNetDecoder, GNUNetEncoder
 
     CALLS = []

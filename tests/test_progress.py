@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
+from cdcompress.core.errors import CDCompressError
+from cdcompress.core.progress import ENV_INTERVAL, Progress, line_interval, progress_iter
 from cdcompress.distill.trainer import TrainConfig, Trainer
-from cdcompress.errors import CDCompressError
-from cdcompress.progress import ENV_INTERVAL, Progress, line_interval, progress_iter
 
 
 class _Fit:

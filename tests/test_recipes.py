@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from cdcompress.cli import main
-from cdcompress.recipe import RecipeError, bundled_recipes, load_recipe
+from cdcompress.distill.recipe import RecipeError, bundled_recipes, load_recipe
 
 VALID = textwrap.dedent(
     """
@@ -187,8 +187,8 @@ def test_refit_output_finishes_stage_three_with_the_least_squares_output_conv(tm
 
 def test_a_run_that_failed_before_training_can_be_run_again(tmp_path: Path) -> None:
     """No checkpoint, nothing to resume: the failed run's config.yaml must not make the same command refuse."""
+    from cdcompress.core.errors import CDCompressError
     from cdcompress.distill.run import run_recipe
-    from cdcompress.errors import CDCompressError
 
     path = tmp_path / "broken.yaml"
     path.write_text(VALID.replace("teacher: {source: builtin, path: vgg19, pretrained: none}",

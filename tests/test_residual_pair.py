@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import cdcompress
-from cdcompress.data import CropSampler, skimage_photos
+from cdcompress.data.batches import CropSampler, skimage_photos
 from cdcompress.distill.branch_init import least_squares_map
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.metrics import psnr
 from cdcompress.models.resae import ResDecoder, ResEncoder, fit_autoencoder
 
 SMALL = {"widths": (8, 16), "latent": 4, "groups": 4}
@@ -74,7 +74,7 @@ def branch_gradient(d: cdcompress.Distiller, batch: object) -> float:
 
 def test_branches_start_at_the_least_squares_map() -> None:
     d = small_distiller()
-    batch = cdcompress.data.as_batch(smooth_images(4, seed=3))
+    batch = cdcompress.data.batches.as_batch(smooth_images(4, seed=3))
     random_q = (float(d.losses(batch)["embed"].detach()), branch_gradient(d, batch))
     d.prepare(batch)
     fitted = (float(d.losses(batch)["embed"].detach()), branch_gradient(d, batch))
@@ -85,7 +85,7 @@ def test_random_q_is_kept_when_asked() -> None:
     d = small_distiller()
     d.init_branches = False
     before = trained_weights(d)
-    d.prepare(cdcompress.data.as_batch(smooth_images(4, seed=3)))
+    d.prepare(cdcompress.data.batches.as_batch(smooth_images(4, seed=3)))
     assert all(torch.equal(a, b) for a, b in zip(before, trained_weights(d), strict=True))
 
 
@@ -132,7 +132,7 @@ def test_half_width_curve_rises_over_successive_fits(
 
 
 def test_registered_as_architectures(tmp_path: Path) -> None:
-    from cdcompress.registry import ARCHITECTURES
+    from cdcompress.core.registry import ARCHITECTURES
 
     encoder, decoder = ARCHITECTURES.get("resae-encoder")(**SMALL), ARCHITECTURES.get("resae-decoder")(**SMALL)
     image = smooth_images(2)
@@ -142,7 +142,7 @@ def test_registered_as_architectures(tmp_path: Path) -> None:
 
 def test_recipe_embed_init_reaches_the_distiller() -> None:
     """``embed.init`` picks Q's start in recipe runs; bundled recipes pin the random init their figures used."""
-    from cdcompress.recipe import RecipeError, load_recipe
+    from cdcompress.distill.recipe import RecipeError, load_recipe
 
     assert load_recipe("wct_vgg19_cpu").embed.init == "random"
     assert load_recipe("unet_denoise", overrides=["embed.init=lstsq"]).embed.init == "lstsq"

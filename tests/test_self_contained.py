@@ -30,8 +30,8 @@ from test_stylize import (  # noqa: F401  (collected here with the fixtures belo
     test_tiled_equals_untiled,
 )
 
-from cdcompress.data import skimage_photos
-from cdcompress.images import load_image
+from cdcompress.data.batches import skimage_photos
+from cdcompress.data.images import load_image
 from cdcompress.models import CDModel
 
 

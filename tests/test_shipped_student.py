@@ -12,7 +12,7 @@ from skimage import data
 
 import cdcompress
 from cdcompress.cli import main
-from cdcompress.metrics import psnr
+from cdcompress.evaluation.metrics import psnr
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = REPO_ROOT / "models" / "wct_vgg19_l1"
@@ -46,8 +46,8 @@ def test_eval_recon_gives_the_documented_figure(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     measured = [row["psnr_db"] for row in json.loads(out.read_text())]
     assert sum(measured) / len(measured) == pytest.approx(record["eval_recon_mean_psnr"], abs=0.01)
+    from cdcompress.distill.recipe import load_recipe
     from cdcompress.distill.run import eval_images
-    from cdcompress.recipe import load_recipe
 
     model = cdcompress.load(MODEL).eval()
     images = [x for _, x in eval_images(load_recipe("wct_vgg19_cpu"), tmp_path)]

@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 
 import cdcompress
 from cdcompress.cli import main
-from cdcompress.errors import CDCompressError, ModelFormatError
+from cdcompress.core.errors import CDCompressError, ModelFormatError
 from cdcompress.models import CDModel, load
-from cdcompress.stylize import (
+from cdcompress.stylization import (
     Backend,
     FeatureStats,
     StylizeJob,
@@ -25,11 +25,11 @@ from cdcompress.stylize import (
     plan_tiling,
     stylize,
 )
-from cdcompress.stylize import tiled as tiled_module
-from cdcompress.stylize import untiled as untiled_module
-from cdcompress.stylize import wct as wct_module
-from cdcompress.stylize.canvas import MemoryCanvas
-from cdcompress.stylize.tiling import level_geometry, plan_tiles
+from cdcompress.stylization import tiled as tiled_module
+from cdcompress.stylization import untiled as untiled_module
+from cdcompress.stylization import wct as wct_module
+from cdcompress.stylization.canvas import MemoryCanvas
+from cdcompress.stylization.tiling import level_geometry, plan_tiles
 
 TOL = 1e-3
 

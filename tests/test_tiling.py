@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cdcompress import images
-from cdcompress.errors import CDCompressError, ImageError
-from cdcompress.images import decode_to_canvas, image_size, load_image, write_png
-from cdcompress.stylize.canvas import DiskCanvas, MemoryCanvas, read_padded
-from cdcompress.stylize.tiling import parse_memory, spans
-from cdcompress.stylize.wct import AffineMap, FeatureStats, wct_map
+from cdcompress.core.errors import CDCompressError, ImageError
+from cdcompress.data import images
+from cdcompress.data.images import decode_to_canvas, image_size, load_image, write_png
+from cdcompress.stylization.canvas import DiskCanvas, MemoryCanvas, read_padded
+from cdcompress.stylization.tiling import parse_memory, spans
+from cdcompress.stylization.wct import AffineMap, FeatureStats, wct_map
 
 
 def test_spans_cover_once_with_aligned_halos() -> None:
@@ -77,7 +77,8 @@ def test_wct_alpha_blends_and_whitens() -> None:
 def test_statistics_and_map_work_in_either_layout_and_keep_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Exported graphs hand back NCHW maps and PyTorch channels-last ones: both must give the same numbers
     without a layout copy, also across several float64 chunks."""
-    monkeypatch.setattr(importlib.import_module("cdcompress.stylize.wct"), "_CHUNK_BYTES", 8 * 6 * 500)  # 500 pixels per chunk
+    wct = importlib.import_module("cdcompress.stylization.wct")
+    monkeypatch.setattr(wct, "_CHUNK_BYTES", 8 * 6 * 500)  # 500 pixels per chunk
     torch.manual_seed(0)
     nchw = torch.randn(1, 6, 37, 41) * 4 + 7
     nhwc = nchw.contiguous(memory_format=torch.channels_last)
@@ -154,7 +155,7 @@ def test_streamed_png_round_trips(tmp_path: Path) -> None:
 
 def test_statistics_work_inside_and_outside_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """The reused float64 chunk buffer must not become an inference tensor that a later plain call cannot write."""
-    monkeypatch.setattr(importlib.import_module("cdcompress.stylize.wct"), "_SCRATCH", threading.local())
+    monkeypatch.setattr(importlib.import_module("cdcompress.stylization.wct"), "_SCRATCH", threading.local())
     features = torch.rand(1, 3, 9, 9)
     with torch.inference_mode():
         inside = FeatureStats.of(features).covariance()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cdcompress.allocator import ENV_SWITCH, retain_supported
+from cdcompress.core.allocator import ENV_SWITCH, retain_supported
 
 _PROBE = """
 import resource, sys, torch

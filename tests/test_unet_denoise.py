@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.data import skimage_photos
-from cdcompress.denoise import (
+from cdcompress.core.errors import CDCompressError
+from cdcompress.core.registry import ARCHITECTURES
+from cdcompress.data.batches import skimage_photos
+from cdcompress.models.unet import UNetDecoder, UNetEncoder, UNetShapeError, unet_decoder, unet_encoder
+from cdcompress.tasks.denoise import (
     NoisyPairs,
     center_crop_multiple,
     heldout_pairs,
@@ -21,9 +24,6 @@ from cdcompress.denoise import (
     pair_model,
     train_denoiser,
 )
-from cdcompress.errors import CDCompressError
-from cdcompress.models.unet import UNetDecoder, UNetEncoder, UNetShapeError, unet_decoder, unet_encoder
-from cdcompress.registry import ARCHITECTURES
 
 REPO = Path(__file__).resolve().parents[1]
 

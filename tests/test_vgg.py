@@ -8,7 +8,7 @@ import torchvision
 
 from cdcompress.models.converters import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_CONV_INDEX, torchvision_to_encoder_state
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec, conv_names, level_taps
-from cdcompress.modules import count_parameters
+from cdcompress.surgery.modules import count_parameters
 
 
 def test_teacher_and_student_parameter_counts() -> None:

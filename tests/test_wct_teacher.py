@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import SHARED
 
 from cdcompress.cli import main
-from cdcompress.evaluate import reconstruction
+from cdcompress.evaluation.evaluate import reconstruction
 from cdcompress.models import load
 
 WCT = SHARED / "reference" / "wct-vgg19"

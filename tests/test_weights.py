@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cdcompress import weights
 from cdcompress.cli import main
+from cdcompress.models import weights
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -19,7 +19,7 @@ from .main import main
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 def demo(teacher: Path | None, offline: bool, out: Path, overrides: tuple[str, ...]) -> None:
     """Compress the paper's WCT VGG-19 teacher (levels 1-3) 16x on the bundled photos: all three stages, a report."""
-    from ..demo import choose_demo
+    from ..distill.demo import choose_demo
     from ..distill.run import run_recipe
     from .distill import echo_summary
 

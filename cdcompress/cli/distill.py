@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..recipe import bundled_recipes, check_paths, load_raw, load_recipe, to_yaml
-from ..weights import KNOWN_WEIGHTS, download
+from ..distill.recipe import bundled_recipes, check_paths, load_raw, load_recipe, to_yaml
+from ..models.weights import KNOWN_WEIGHTS, download
 from .main import main
 from .options import parse_levels
 
@@ -29,7 +29,7 @@ def distill(recipe_ref: str, overrides: tuple[str, ...], out: Path | None, resum
     """Run the three stages of Collaborative Distillation described by a recipe."""
     recipe = load_recipe(recipe_ref, list(overrides))  # a bad recipe is reported before torch loads
     check_paths(recipe, recipe_ref)
-    from .. import distributed
+    from ..distill import distributed
     from ..distill.run import run_recipe
 
     if dry_run:
@@ -111,7 +111,7 @@ def weights() -> None:
 def download_cmd(name: str, dest: Path | None, url: str | None, levels: str) -> None:
     """Download NAME and verify its published checksum (wct-vgg19: also convert it into a model directory)."""
     if name == "wct-vgg19":
-        from ..weights import download_wct
+        from ..models.weights import download_wct
 
         path = download_wct(tuple(sorted(parse_levels(levels))), dest, url)
         click.echo(f"wrote {path} (the WCT VGG-19 teacher, levels {levels}; use it as --set teacher.path={path})")

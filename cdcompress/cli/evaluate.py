@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..atomic import write_json
-from ..eval_settings import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE
-from ..models.registry import resolve_model
+from ..core.atomic import write_json
+from ..evaluation.settings import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE
+from ..models.resolve import resolve_model
 from .main import main
 from .options import parse_levels
 
@@ -36,8 +36,8 @@ _json_option = click.option("--json", "json_path", type=click.Path(dir_okay=Fals
 @_json_option
 def recon(model: str, images: tuple[Path, ...], level: int | None, crop_multiple: int, json_path: Path | None) -> None:
     """Encoder -> decoder reconstruction PSNR and SSIM per image for MODEL at --level."""
-    from ..errors import CDCompressError
-    from ..evaluate import format_recon_table, reconstruction
+    from ..core.errors import CDCompressError
+    from ..evaluation.evaluate import format_recon_table, reconstruction
 
     loaded, _ = resolve_model(model)
     if level is None:
@@ -65,8 +65,8 @@ def recon(model: str, images: tuple[Path, ...], level: int | None, crop_multiple
 def style(model: str, content_dir: Path, style_dir: Path, eval_encoder: str, method: str, levels: str | None,
           gram_levels: str | None, alpha: float, max_side: int, json_path: Path | None) -> None:
     """Gram-matrix style distance (paper Eq. 7) per Conv level and content distance, per (content, style) pair."""
-    from ..evaluate import format_style_table, image_files, mean_style, style_evaluation
-    from ..gram import evaluation_encoder
+    from ..evaluation.evaluate import format_style_table, image_files, mean_style, style_evaluation
+    from ..evaluation.gram import evaluation_encoder
 
     contents, styles = image_files(content_dir, "--content"), image_files(style_dir, "--style")
     ruler_model, _ = resolve_model(eval_encoder)
@@ -113,13 +113,13 @@ def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads:
     For an any-pair (module-family) model: teacher vs student parameters, MACs at --time-size and measured
     latency on PyTorch and onnxruntime in one interleaved run (median of --repeats rounds).
     With --runtimes: teacher vs student stylization time on each deployment runtime, in one interleaved run."""
-    from ..errors import CDCompressError
-    from ..measure import cost_report, format_cost_table
-    from ..stylize.tiling import parse_memory
+    from ..core.errors import CDCompressError
+    from ..cost.measure import cost_report, format_cost_table
+    from ..stylization.tiling import parse_memory
 
     loaded, _ = resolve_model(model)
     if loaded.family == "module":
-        from ..pair_cost import compare, format_pair_cost, teacher_shapes
+        from ..cost.pair import compare, format_pair_cost, teacher_shapes
 
         reference = resolve_model(teacher)[0] if teacher else teacher_shapes(loaded)
         side = time_size or 512
@@ -129,7 +129,7 @@ def cost(model: str, levels: str, size: int, time_size: int, tile: int, threads:
         return
 
     if runtimes is not None:
-        from ..runtime_cost import compare_runtimes, format_runtime_table, parse_runtimes
+        from ..cost.runtimes import compare_runtimes, format_runtime_table, parse_runtimes
 
         chosen, level_list = parse_runtimes(runtimes), list(parse_levels(levels))
         side = time_size or 1024

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from ..errors import CDCompressError
+from ..core.errors import CDCompressError
 from ..export.profiles import available_profiles
-from ..models.registry import BUILTIN_HELP, resolve_model
+from ..models.resolve import BUILTIN_HELP, resolve_model
 from .main import main
 from .options import parse_levels
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import CDCompressError
+from ..core.errors import CDCompressError
 
 #: Command -> (the ``cdcompress.cli`` module that defines it, its one-line help). A command's module is imported
 #: only when that command runs or shows its help, so ``cdcompress --help`` does not load torch.
@@ -79,6 +79,6 @@ def _raise_exit(signum: int, frame: object) -> None:
 def main(imports: tuple[str, ...]) -> None:
     """Collaborative Distillation: compress encoder-decoder networks and deploy them."""
     if imports:
-        from ..registry import import_modules
+        from ..core.registry import import_modules
 
         import_modules(list(imports))

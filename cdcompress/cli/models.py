@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..atomic import write_json
-from ..models.registry import BUILTIN_HELP, RELEASE_VARIANTS, resolve_model
+from ..core.atomic import write_json
+from ..models.resolve import BUILTIN_HELP, RELEASE_VARIANTS, resolve_model
 from .main import main
 from .options import parse_levels
 
@@ -23,7 +23,7 @@ def inspect(model: str, size: tuple[int, int], json_path: Path | None) -> None:
     MODEL is a model directory or a built-in architecture (no weights needed):
     vgg19 (teacher) or vgg19-x<ratio> (per-level students, e.g. vgg19-x0.25).
     """
-    from ..cost import format_table, model_costs
+    from ..cost.static import format_table, model_costs
 
     loaded, model_dir = resolve_model(model)
     rows = model_costs(loaded, tuple(size), model_dir)

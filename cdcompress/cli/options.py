@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import CDCompressError
+from ..core.errors import CDCompressError
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

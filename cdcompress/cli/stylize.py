@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ..errors import CDCompressError
-from ..stylize.settings import METHODS, PRECISION_NAMES
+from ..core.errors import CDCompressError
+from ..stylization.settings import METHODS, PRECISION_NAMES
 from .main import main
 from .options import parse_levels
 
@@ -51,11 +51,11 @@ def stylize_command(model_ref: str | None, bundle: Path | None, content: Path, s
     Large images are tiled with halos wide enough that the result equals the untiled computation,
     keeping memory bounded by the tile (scratch files go to --workdir).
     """
-    from ..device import resolve_device
-    from ..models.registry import resolve_model
-    from ..stylize.backend import TorchBackend
-    from ..stylize.pipeline import stylize
-    from ..stylize.tiling import parse_memory
+    from ..core.device import resolve_device
+    from ..models.resolve import resolve_model
+    from ..stylization.backend import TorchBackend
+    from ..stylization.pipeline import stylize
+    from ..stylization.tiling import parse_memory
 
     budget = parse_memory(max_memory)  # validate before the (slow) model load
     if (model_ref is None) == (bundle is None):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._lazy import lazy_exports
+from ..core.lazy import lazy_exports
 
 _EXPORTS = {
-    "freeze": "..modules", "reinitialize": "..modules",
     "Distiller": ".distiller", "apply": ".distiller",
     "OBJECTIVES": ".objectives", "ObjectiveContext": ".objectives",
-    "reconstruction_objective": ".objectives", "style_transfer_objective": ".objectives",
     "train_decoder": ".decoder", "train_student_decoder": ".decoder",
     "TrainConfig": ".trainer", "TrainResult": ".trainer", "Trainer": ".trainer", "TrainingError": ".trainer",
 }
@@ -18,16 +16,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
-    from ..modules import freeze as freeze
-    from ..modules import reinitialize as reinitialize
     from .decoder import train_decoder as train_decoder
     from .decoder import train_student_decoder as train_student_decoder
     from .distiller import Distiller as Distiller
     from .distiller import apply as apply
     from .objectives import OBJECTIVES as OBJECTIVES
     from .objectives import ObjectiveContext as ObjectiveContext
-    from .objectives import reconstruction_objective as reconstruction_objective
-    from .objectives import style_transfer_objective as style_transfer_objective
     from .trainer import TrainConfig as TrainConfig
     from .trainer import Trainer as Trainer
     from .trainer import TrainingError as TrainingError

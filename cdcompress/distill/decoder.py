@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..data import Batch
-from ..embed import branch_key
-from ..errors import CDCompressError
-from ..losses import FeatureExtractor, reconstruction_terms, total
-from ..modules import EncoderDecoderPair, freeze, reinitialize
+from ..core.errors import CDCompressError
+from ..data.batches import Batch
+from ..surgery.embed import branch_key
+from ..surgery.modules import EncoderDecoderPair, freeze, reinitialize
+from .losses import FeatureExtractor, reconstruction_terms, total
 from .settings import DECODER_INITS
 from .trainer import TrainConfig, Trainer, TrainResult
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batch, as_batch
-from ..distributed import from_main, is_main
-from ..drop_in import DropInEncoder, drop_in
-from ..drop_in import Form as DropInForm
-from ..embed import (
+from ..core.errors import CDCompressError
+from ..data.batches import Batch, as_batch
+from ..surgery.drop_in import DropInEncoder, drop_in
+from ..surgery.drop_in import Form as DropInForm
+from ..surgery.embed import (
     OUTPUT,
     EmbeddingBranches,
     auto_taps,
@@ -35,12 +35,12 @@ from ..embed import (
     io_channels,
     is_token_feature,
 )
-from ..errors import CDCompressError
-from ..losses import FeatureExtractor, total
-from ..modules import freeze, reinitialize
-from ..slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
+from ..surgery.modules import freeze, reinitialize
+from ..surgery.slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
 from .branch_init import fit_branches
 from .decoder import train_student_decoder
+from .distributed import from_main, is_main
+from .losses import FeatureExtractor, total
 from .objectives import Objective, ObjectiveContext, resolve_objective
 from .trainer import TrainConfig, Trainer, TrainResult
 
@@ -154,8 +154,8 @@ class Distiller:
         """Stage 2: train student and branches (teacher and collaborator frozen).
 
         ``data``: a DataLoader or any iterable of batches (image tensors, or ``(input, target)`` pairs for
-        image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.CropSampler`; see
-        :func:`cdcompress.data.batches` for what exact resume needs. ``held_out`` images (or pairs) with
+        image-to-image tasks), a factory returning one, or a :class:`~cdcompress.data.batches.CropSampler`; see
+        :func:`cdcompress.data.batches.batches` for what exact resume needs. ``held_out`` images (or pairs) with
         ``config.eval_every`` give a learning curve: PSNR through the collaborator (``result.curve``).
 
         Successive calls continue one optimisation: the optimiser state (Adam's moments and step counts)
@@ -190,13 +190,14 @@ class Distiller:
         return freeze(copy.deepcopy(self.student))
 
     def output_embedding(self) -> dict[str, nn.Module]:
-        """Each encoder output's branch Q, keyed as :func:`~cdcompress.embed.flatten_outputs` names the outputs."""
+        """Each encoder output's branch Q, keyed as :func:`~cdcompress.surgery.embed.flatten_outputs` names the outputs."""
         return {name: self.branches[branch_key(feature)] for name, feature in _flat_template(self.template).items()}
 
     def drop_in_encoder(self, form: DropInForm = "auto") -> nn.Module:
         """The student with its output Q kept: it emits the teacher's features, so the teacher's own decoder
         (``self.collaborator``, or any model of the teacher's features) reads it unchanged. ``form``: ``auto`` folds Q
-        into the last layer where exact (see :mod:`cdcompress.drop_in`), ``folded`` requires that, ``appended`` never folds."""
+        into the last layer where exact (see :mod:`cdcompress.surgery.drop_in`), ``folded`` requires that,
+        ``appended`` never folds."""
         if self.latent:  # the outputs already have the teacher's widths and an identity branch: nothing to keep
             return copy.deepcopy(self.student).eval()
         example = torch.rand(self.example_shape, generator=torch.Generator().manual_seed(self.seed))
@@ -365,7 +366,7 @@ def _cut_to_budget(teacher: nn.Module, collab: nn.Module, channels: int, slimmin
 
     Under several processes, rank 0's widths are used everywhere: a latency measurement differs between processes,
     and every replica must have the same architecture."""
-    from ..width_search import find_widths
+    from ..budget.search import find_widths
 
     search = from_main(find_widths(teacher, collab, channels, cut, slimming.target, slimming.calibration, mirror)
                        if is_main() else None)
@@ -388,15 +389,15 @@ def apply(
 ) -> Distiller:
     """Prepare collaborative distillation of encoder ``model`` against its decoder ``collaborator``.
 
-    ``slim``: a width ratio, ``{layer: ratio | width}``, a :class:`~cdcompress.slim.Slimmer`, or a
-    :class:`~cdcompress.slim.Slimming` (importance criterion, ``round_to``, protected layers, init).
+    ``slim``: a width ratio, ``{layer: ratio | width}``, a :class:`~cdcompress.surgery.slim.Slimmer`, or a
+    :class:`~cdcompress.surgery.slim.Slimming` (importance criterion, ``round_to``, protected layers, init).
     ``objective``: a registered name (``reconstruction``, ``style-transfer``, ``feature-kd`` = the
     embedding loss only, the KD baseline), ``{name, kwargs}``, or a callable
     ``(ObjectiveContext) -> {term: loss}``; further keywords (``lambda_p``, ``lambda_s``,
     ``perceptual_taps``) configure a named objective. ``taps``: submodule names that get embedding
     branches, ``"auto"`` (the last activation before each downsampling) or ``None``; every encoder
     output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
-    slimming and the branch initialisation through a generator of its own (a :class:`~cdcompress.slim.Slimming`
+    slimming and the branch initialisation through a generator of its own (a :class:`~cdcompress.surgery.slim.Slimming`
     passed as ``slim`` keeps its own seed for the importance criterion): torch's global RNG is neither read,
     advanced nor reseeded. The caller's modules are copied, never changed.
     """

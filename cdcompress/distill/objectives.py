@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..embed import OUTPUT
-from ..errors import CDCompressError
-from ..losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms
-from ..registry import OBJECTIVES, build, split_reference
+from ..core.errors import CDCompressError
+from ..core.registry import OBJECTIVES, build, split_reference
+from ..surgery.embed import OUTPUT
+from .losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms
 
 
 @dataclass

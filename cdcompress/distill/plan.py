@@ -12,9 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..errors import CDCompressError, ImageError
-from ..images import open_image
-from ..recipe import Recipe
+from ..core.errors import CDCompressError, ImageError
+from ..data.images import open_image
+from .recipe import Recipe
 from .run import RecipeRun, stage_config
 
 
@@ -37,7 +37,7 @@ def usable_images(paths: list[Path], min_side: int) -> tuple[int, list[str]]:
 
 def plan(recipe: Recipe, out_dir: Path) -> str:
     """The resolved plan as Markdown."""
-    from ..data import MIN_TRAIN_SIDE
+    from ..data.batches import MIN_TRAIN_SIDE
 
     with tempfile.TemporaryDirectory(prefix="cdcompress-plan-") as scratch:
         run = RecipeRun(recipe, Path(scratch))

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..atomic import write_json
-from ..cost import count_macs
-from ..images import center_square, save_image
-from ..metrics import psnr, ssim
+from ..core.atomic import write_json
+from ..cost.static import count_macs
+from ..data.images import center_square, save_image
+from ..evaluation.metrics import psnr, ssim
 from ..models.format import CDModel
-from ..modules import EncoderDecoderPair, count_parameters
+from ..surgery.modules import EncoderDecoderPair, count_parameters
 
 if TYPE_CHECKING:
     from .distiller import Distiller

@@ -20,19 +20,19 @@ from typing import Any
 
 import torch
 
-from .. import distributed
-from ..data import DATA_SOURCES, image_paths, resize_shorter, skimage_photos
-from ..device import resolve_device
-from ..drop_in import Form as DropInForm
-from ..errors import CDCompressError
-from ..images import crop_to_multiple, load_image
+from ..core.device import resolve_device
+from ..core.errors import CDCompressError
+from ..core.registry import build
+from ..data.batches import DATA_SOURCES, image_paths, resize_shorter, skimage_photos
+from ..data.images import crop_to_multiple, load_image
 from ..models.converters import wct_levels
 from ..models.format import CDModel, save, spec_levels
 from ..models.vgg import VGGDecoder, VGGEncoder
-from ..modules import freeze
-from ..recipe import Recipe, StageSpec, plugin_reference, to_yaml
-from ..registry import build
+from ..surgery.drop_in import Form as DropInForm
+from ..surgery.modules import freeze
+from . import distributed
 from .distiller import Distiller, portable_branches
+from .recipe import Recipe, StageSpec, plugin_reference, to_yaml
 from .stages import STAGES, LevelState
 from .teachers import load_teacher
 from .trainer import TrainConfig
@@ -225,7 +225,7 @@ def seeded_rng(seed: int, device: str) -> Iterator[None]:
 
 
 def _located_wct_levels(path: str) -> list[int]:
-    from ..weights import require_wct
+    from ..models.weights import require_wct
 
     where = require_wct(path)
     return spec_levels(where) if (where / "model.json").is_file() else wct_levels(where)

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from ..data import as_batch, batches
-from ..device import module_device, resolve_device
-from ..embed import flatten_outputs
-from ..errors import CDCompressError
-from ..metrics import mean_psnr, psnr
+from ..core.device import module_device, resolve_device
+from ..core.errors import CDCompressError
+from ..core.registry import accepted
+from ..data.batches import as_batch, batches
+from ..evaluation.metrics import mean_psnr, psnr
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
-from ..modules import freeze
-from ..recipe import Recipe, StageSpec, plugin_reference
-from ..registry import accepted
-from ..slim import Slimming, needs_gradients
+from ..surgery.embed import flatten_outputs
+from ..surgery.modules import freeze
+from ..surgery.slim import Slimming, needs_gradients
 from .decoder import train_decoder, train_student_decoder
 from .distiller import Distiller, apply
 from .objectives import OBJECTIVES
+from .recipe import Recipe, StageSpec, plugin_reference
 from .teachers import Teacher
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def refit_decoder_output(run: RecipeRun, level: int, what: str, encoder: nn.Modu
                          batch: int) -> None:
     """A decoder stage's optional finish: the output conv set to its least-squares optimum for the frozen encoder and
     the trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
-    from ..ceiling import refit_output_conv
+    from ..evaluation.ceiling import refit_output_conv
 
     recipe = run.recipe
     device = resolve_device(recipe.device)

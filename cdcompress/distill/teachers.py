@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CDCompressError
+from ..core.errors import CDCompressError
+from ..core.registry import TEACHER_SOURCES, accepted, import_callable
 from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch, teacher_architecture
 from ..models.format import load
-from ..models.registry import resolve_model
-from ..registry import TEACHER_SOURCES, accepted, import_callable
+from ..models.resolve import resolve_model
 
 TORCHVISION_VGG19 = "vgg19-dcbb9e9d.pth"
 
@@ -38,7 +38,7 @@ def torchvision_cache_file() -> Path:
 
 
 def load_teacher(spec: Any, level: int) -> Teacher:
-    """The teacher of ``level`` from the recipe's ``teacher`` section (a :class:`~cdcompress.recipe.TeacherSpec`)."""
+    """The teacher of ``level`` from the recipe's ``teacher`` section (a :class:`~cdcompress.distill.recipe.TeacherSpec`)."""
     factory = TEACHER_SOURCES.get(spec.source)
     fields = {"path": spec.path, "level": level, "variant": spec.variant, "pretrained": spec.pretrained}
     built = factory(**accepted(factory, fields), **spec.kwargs)
@@ -76,7 +76,7 @@ def wct_pytorch(path: str, level: int) -> Teacher:
 @TEACHER_SOURCES.register("wct-vgg19")
 def wct_vgg19(path: str, level: int) -> Teacher:
     """The paper's teacher wherever it is: ``path``, or with ``auto`` ``$CDCOMPRESS_WCT_VGG19`` or the weights cache."""
-    from ..weights import require_wct
+    from ..models.weights import require_wct
 
     where = require_wct(path)
     if (where / "model.json").is_file():

@@ -3,7 +3,7 @@
 A stage is a :class:`Task` (which modules train, how the loss terms are computed, what a sample
 grid shows). The trainer owns everything else. Resume is exact: a checkpoint holds the trainable
 weights, optimiser and scheduler state and the RNG states, and batches are a pure function of the
-step (see :mod:`cdcompress.data`), so an interrupted run continues to bit-identical weights.
+step (see :mod:`cdcompress.data.batches`), so an interrupted run continues to bit-identical weights.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .. import distributed
-from ..allocator import retained_heap
-from ..atomic import save_torch
-from ..data import Batch, as_batch, batches
-from ..errors import CDCompressError
-from ..images import save_image
-from ..losses import detach_terms
-from ..metrics import psnr
-from ..progress import Progress
+from ..core.allocator import retained_heap
+from ..core.atomic import save_torch
+from ..core.errors import CDCompressError
+from ..core.progress import Progress
+from ..data.batches import Batch, as_batch, batches
+from ..data.images import save_image
+from ..evaluation.metrics import psnr
+from . import distributed
+from .losses import detach_terms
 from .settings import AMP_MODES, LOWER_BOUNDS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM, bound_problem, device_problem
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Runs a :class:`Task` for ``config.steps`` steps over ``data`` (see :func:`cdcompress.data.batches`:
-    a :class:`~cdcompress.data.CropSampler`, a DataLoader or any iterable of batches, or a factory of one)."""
+    """Runs a :class:`Task` for ``config.steps`` steps over ``data`` (see :func:`cdcompress.data.batches.batches`:
+    a :class:`~cdcompress.data.batches.CropSampler`, a DataLoader or any iterable of batches, or a factory of one)."""
 
     def __init__(self, task: Task, data: object, config: TrainConfig, run_dir: str | Path | None = None,
                  held_out: Sequence[Batch | torch.Tensor] = ()) -> None:
@@ -253,7 +253,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         """Train for ``config.steps`` steps (from the newest checkpoint with ``resume``).
 
-        On CPU the loop runs inside :func:`~cdcompress.allocator.retained_heap`: every step frees and
+        On CPU the loop runs inside :func:`~cdcompress.core.allocator.retained_heap`: every step frees and
         reallocates the same large activations, and glibc would otherwise unmap and re-fault them each
         time (half the CPU time in the kernel, measured; docs/benchmarks.md). Steady-state shapes make the
         retained heap's fragmentation cost nil; it is trimmed when the stage ends.

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import recover, staged_directory, write_json
-from ..drop_in import DropInEncoder
-from ..embed import io_channels
+from ..core.atomic import recover, staged_directory, write_json
+from ..core.progress import progress_iter
 from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
 from ..models.pair import MODULE_FAMILY
-from ..progress import progress_iter
+from ..surgery.drop_in import DropInEncoder
+from ..surgery.embed import io_channels
 from .errors import ExportError
 from .manifest import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
 from .onnx import (

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import recover, staged_directory, write_json
-from ..metrics import psnr
+from ..core.atomic import recover, staged_directory, write_json
+from ..evaluation.metrics import psnr
 from ..models.format import sha256_file
 from .errors import ExportError
 from .manifest import MANIFEST_FILE, bundle_precision, read_manifest
@@ -77,7 +77,7 @@ def require_quantization() -> Any:
 
 def photos(folder: str | Path | None, scratch: Path) -> list[Path]:
     """Calibration photos: a folder of images, or scikit-image's bundled photos when none is given."""
-    from ..data import image_paths, skimage_photos
+    from ..data.batches import image_paths, skimage_photos
 
     return image_paths(folder) if folder is not None else skimage_photos(scratch)
 
@@ -85,8 +85,8 @@ def photos(folder: str | Path | None, scratch: Path) -> list[Path]:
 def load_photo(path: Path, side: int = CALIBRATION_SIDE, square: bool = False) -> np.ndarray:
     """``[1, 3, H, W]`` float32 in [0, 1], shorter side ``side``, cropped to a multiple of 16 (or to its centred
     ``side``² square: histogram calibration needs equally shaped samples)."""
-    from ..data import resize_shorter
-    from ..images import center_square, crop_to_multiple, load_image
+    from ..data.batches import resize_shorter
+    from ..data.images import center_square, crop_to_multiple, load_image
 
     image = crop_to_multiple(resize_shorter(load_image(path), side), 16, path)
     return (center_square(image, side) if square else image).contiguous().numpy()
@@ -135,7 +135,7 @@ def quantize_graph(source: Path, target: Path, samples: Sequence[np.ndarray], ro
 
 def wct_features(features: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each photo's features whitened and coloured toward the next photo's (what stylization decodes)."""
-    from ..stylize.wct import FeatureStats, wct_map
+    from ..stylization.wct import FeatureStats, wct_map
 
     tensors = [torch.from_numpy(f) for f in features]
     stats = [FeatureStats.of(t) for t in tensors]

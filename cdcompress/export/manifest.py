@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..atomic import recover
-from ..errors import short_repr
+from ..core.atomic import recover
+from ..core.errors import short_repr
 from ..models.format import read_format_json, sha256_file
 from .errors import ExportError
 

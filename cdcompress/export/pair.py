@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..embed import flatten_outputs
+from ..surgery.embed import flatten_outputs
 from .errors import ExportError
 from .onnx import ParityRow, graph_module, io_entry, verification_image
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..progress import progress_iter
+from ..core.progress import progress_iter
 from .errors import ExportError, TensorRTUnavailable
 from .onnx import Part
 from .profiles import ExportProfile, TensorRTSettings

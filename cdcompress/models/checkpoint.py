@@ -2,7 +2,7 @@
 
 External files are untrusted: torch pickles are opened with ``weights_only=True`` so a file that
 would need to run code to unpickle is refused, never executed. Every failure becomes one
-:class:`~cdcompress.errors.CheckpointError` line that names the file and what to do.
+:class:`~cdcompress.core.errors.CheckpointError` line that names the file and what to do.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 
 #: Keys under which training scripts commonly nest the state dict.
 _NESTED_KEYS = ("model", "state_dict", "model_state_dict", "net")

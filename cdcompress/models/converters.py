@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..embed import EmbeddingBranches
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
+from ..surgery.embed import EmbeddingBranches
 from .checkpoint import load_weights, read_state_dict
 from .format import CDModel, sha256_file
-from .registry import RELEASE_VARIANTS
+from .resolve import RELEASE_VARIANTS
 from .vgg import LEVELS, VGGDecoder, VGGEncoder, VGGSpec, conv_names
 
 _CONV_KEY = re.compile(r"^conv(\d)(\d)\.weight$")

@@ -9,7 +9,7 @@ Family ``vgg`` describes its modules completely in JSON. Family ``module`` holds
 encoder-decoder pair as one level (1): the file records widths and, at most, the *name* of a registered
 factory; the architecture comes from the caller (see :mod:`cdcompress.models.pair`).
 
-A drop-in student (:mod:`cdcompress.drop_in`) is saved as its plain encoder plus an ``embedding`` part
+A drop-in student (:mod:`cdcompress.surgery.drop_in`) is saved as its plain encoder plus an ``embedding`` part
 (its output maps Q, widths in JSON); loading wraps the rebuilt encoder in a ``DropInEncoder``.
 """
 
@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import recover, staged_directory, write_json
-from ..drop_in import DropInEncoder
-from ..embed import EmbeddingBranches, io_channels
-from ..errors import CheckpointError, ModelFormatError, short_repr
-from ..modules import count_parameters
+from ..core.atomic import recover, staged_directory, write_json
+from ..core.errors import CheckpointError, ModelFormatError, short_repr
+from ..surgery.drop_in import DropInEncoder
+from ..surgery.embed import EmbeddingBranches, io_channels
+from ..surgery.modules import count_parameters
 from .checkpoint import load_weights, read_state_dict
 from .pair import MODULE_FAMILY, Factory, architecture_record, rebuild
 from .vgg import VGGDecoder, VGGEncoder, VGGSpec
@@ -340,7 +340,7 @@ def save_pair(encoder: nn.Module, decoder: nn.Module, path: str | Path, *, teach
     """Save any encoder-decoder pair as a ``module``-family model directory.
 
     ``teacher``: the full-width pair it was slimmed from, with ``widths`` (every layer's absolute width,
-    :meth:`cdcompress.slim.SlimResult.widths`); omit both to save a pair as it is (e.g. a teacher). The
+    :meth:`cdcompress.surgery.slim.SlimResult.widths`); omit both to save a pair as it is (e.g. a teacher). The
     record is checked by rebuilding it before anything is written, so a saved model always loads. ``teacher_decoder``:
     ``decoder`` is the teacher's own, unslimmed (a drop-in student's pair: only the encoder was cut)."""
     source = teacher or (encoder, decoder)

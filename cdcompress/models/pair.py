@@ -4,7 +4,7 @@ A user's architecture cannot be described by a JSON spec the way the VGG family 
 it must never run code named by the file. So a model directory of family ``module`` records
 
 * the *teacher's* architecture: the class names (for error messages only) and, when the teacher was
-  built by a factory registered in :data:`cdcompress.registry.ARCHITECTURES`, its name and kwargs;
+  built by a factory registered in :data:`cdcompress.core.registry.ARCHITECTURES`, its name and kwargs;
 * the slimmed widths: the absolute output width of every Conv/ConvTranspose/Linear layer of the pair,
   and the example input shape that torch-pruning traced.
 
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelFormatError
-from ..registry import ARCHITECTURE_TAG, ARCHITECTURES
-from ..slim import slim_pair
+from ..core.errors import ModelFormatError
+from ..core.registry import ARCHITECTURE_TAG, ARCHITECTURES
+from ..surgery.slim import slim_pair
 
 MODULE_FAMILY = "module"
 ROLES = ("encoder", "decoder")

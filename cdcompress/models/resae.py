@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import CDCompressError
-from ..registry import ARCHITECTURES
+from ..core.errors import CDCompressError
+from ..core.registry import ARCHITECTURES
 
 DEFAULT_WIDTHS = (32, 64)
 DEFAULT_LATENT = 4

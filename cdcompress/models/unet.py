@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import CDCompressError
-from ..registry import ARCHITECTURES
+from ..core.errors import CDCompressError
+from ..core.registry import ARCHITECTURES
 
 DEFAULT_WIDTHS = (32, 64, 128)
 DEFAULT_GROUPS = 2

@@ -1,0 +1,3 @@
+"""Data and image I/O: image files to tensors and back (streamed by bands for canvases), and training batches from
+any source.
+"""

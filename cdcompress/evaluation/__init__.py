@@ -1,0 +1,3 @@
+"""Quality: PSNR/SSIM, Gram statistics, reconstruction and style evaluation with their settings, and a decoder's
+least-squares ceiling.
+"""
