@@ -26,7 +26,7 @@ import torch
 from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import eval_images
 from cdcompress.evaluation.evaluate import image_files, reconstruction
-from cdcompress.evaluation.metrics import mean_psnr
+from cdcompress.evaluation.metrics import reconstruction_psnr
 from cdcompress.models import convert_cd_release, load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ LEVEL = 1
 
 
 def figures(model: object, photos: list[Path], protocol_images: list[torch.Tensor]) -> dict[str, float]:
-    protocol = mean_psnr(model.encoder(LEVEL), model.decoder(LEVEL), protocol_images)
+    protocol = reconstruction_psnr(model.encoder(LEVEL), model.decoder(LEVEL), protocol_images)
     full = statistics.fmean(r.psnr_db for r in reconstruction(model, LEVEL, photos))
     return {"heldout_psnr": round(protocol, 4), "eval_recon_mean_psnr": round(full, 4)}
 

@@ -37,7 +37,7 @@ from cdcompress.distill.stages import DistillStage, LevelState
 from cdcompress.distill.teachers import load_teacher
 from cdcompress.distill.trainer import TrainConfig
 from cdcompress.evaluation.ceiling import linear_ceiling, refit_output_conv
-from cdcompress.evaluation.metrics import mean_psnr
+from cdcompress.evaluation.metrics import reconstruction_psnr
 from cdcompress.models import convert_cd_release, load
 from cdcompress.models.checkpoint import read_state_dict
 from cdcompress.models.vgg import VGGDecoder, conv_names
@@ -59,9 +59,9 @@ def release_references(level: int, teacher_encoder: nn.Module, teacher_decoder: 
     released = convert_cd_release(RELEASE_DIR, levels=(level,))
     branch = released.branches[level][f"relu{level}_1"]
     teacher_encoder, teacher_decoder = teacher_encoder.eval(), teacher_decoder.eval()
-    return {"teacher": mean_psnr(teacher_encoder, teacher_decoder, images),
-            "released": mean_psnr(released.encoder(level), released.decoder(level), images),
-            "released_stage2": mean_psnr(released.encoder(level), lambda f: teacher_decoder(branch(f)), images)}
+    return {"teacher": reconstruction_psnr(teacher_encoder, teacher_decoder, images),
+            "released": reconstruction_psnr(released.encoder(level), released.decoder(level), images),
+            "released_stage2": reconstruction_psnr(released.encoder(level), lambda f: teacher_decoder(branch(f)), images)}
 
 
 # ---------------------------------------------------------------- the start: kept filters
@@ -111,14 +111,14 @@ def stage3_from(distiller: Distiller, encoder: nn.Module, branches: nn.Module, r
         decoder = makers[name]()
         sampler = CropSampler(train, batch_size=stage.batch, resize=recipe.data.resize, crop=recipe.data.crop,
                               seed=seed * 1000 + 4)
-        start = mean_psnr(encoder, decoder.eval(), images)
+        start = reconstruction_psnr(encoder, decoder.eval(), images)
         started = time.perf_counter()
         result = train_decoder(f"stage3_L{level}_{name}", encoder, decoder, sampler, config, lambda_p=0.0,
                                held_out=images)
-        trained = mean_psnr(encoder, decoder.eval(), images)
+        trained = reconstruction_psnr(encoder, decoder.eval(), images)
         dead = dead_channels(encoder, decoder, images)
         refit_output_conv(encoder, decoder, [sampler[10 ** 6 + i] for i in range(-(-64 // stage.batch))])
-        out[name] = {"start": start, "trained": trained, "refit": mean_psnr(encoder, decoder, images),
+        out[name] = {"start": start, "trained": trained, "refit": reconstruction_psnr(encoder, decoder, images),
                      "dead_channels": dead,
                      "seconds": round(time.perf_counter() - started, 1),
                      "curve": [(p["step"], p["heldout/psnr"]) for p in result.curve]}

@@ -213,7 +213,7 @@ def _copy(base: Path, dest: Path) -> Path:
 
 def _rehash(folder: Path, manifest: str, listing: Callable[[dict], dict[str, dict]], name: str) -> None:
     """Record the new checksum of ``name`` so that loading reaches the parser, not the checksum check."""
-    from cdcompress.models.format import sha256_file
+    from cdcompress.core.digest import sha256_file
 
     doc = json.loads((folder / manifest).read_text())
     for entry_name, entry in listing(doc).items():

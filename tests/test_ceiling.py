@@ -11,7 +11,8 @@ from skimage import data
 from torch import nn
 
 from cdcompress.core.errors import CDCompressError
-from cdcompress.evaluation.ceiling import conv_columns, linear_ceiling, mean_psnr, refit_output_conv
+from cdcompress.evaluation.ceiling import conv_columns, linear_ceiling, refit_output_conv
+from cdcompress.evaluation.metrics import reconstruction_psnr
 from cdcompress.models.vgg import VGGDecoder, VGGEncoder, VGGSpec
 
 
@@ -69,7 +70,7 @@ def test_refit_beats_the_adam_trained_decoder_it_starts_from() -> None:
         before = F.mse_loss(trained(encoder(batch)), batch).item()
         after = F.mse_loss(decoder(encoder(batch)), batch).item()
     assert after < before
-    assert mean_psnr(encoder, decoder, photo_crops(2, 96)) > mean_psnr(encoder, trained, photo_crops(2, 96))
+    assert reconstruction_psnr(encoder, decoder, photo_crops(2, 96)) > reconstruction_psnr(encoder, trained, photo_crops(2, 96))
 
 
 @pytest.mark.parametrize("padding_mode,stride", [("zeros", 1), ("reflect", 1), ("zeros", 2), ("replicate", 2)])

@@ -22,12 +22,12 @@ import torch
 from click.testing import CliRunner
 
 from cdcompress.cli import main
+from cdcompress.core.digest import sha256_file
 from cdcompress.export import ExportError, OnnxBackend, export_bundle, load_profile, read_manifest
 from cdcompress.export import bundle as bundle_mod
 from cdcompress.export import tensorrt as trt_mod
 from cdcompress.export.onnx import ParityRow, check_parity, format_parity_table
 from cdcompress.models import load
-from cdcompress.models.format import sha256_file
 from cdcompress.models.resolve import resolve_model
 from cdcompress.stylization.backend import Backend, TorchBackend
 

@@ -16,8 +16,9 @@ import torch
 from test_cli_foundation import assert_one_line_error, run
 from test_format_and_convert import _RunsCode
 
+from cdcompress.core.digest import sha256_file
 from cdcompress.models import save
-from cdcompress.models.format import SPEC_FILE, sha256_file
+from cdcompress.models.format import SPEC_FILE
 from cdcompress.models.resolve import resolve_model
 
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdcompress.cli import main
+from cdcompress.core.digest import git_blob_id
 from cdcompress.models import weights
 
 
@@ -96,7 +97,7 @@ def test_wct_teacher_downloads_verifies_and_converts(server: tuple[str, Path], t
         (root / f"vgg19_{k}").mkdir()
         for name in (f"vgg_normalised_conv{k}_1.pth", f"feature_invertor_conv{k}_1.pth"):
             (root / f"vgg19_{k}" / name).write_bytes((WCT / name).read_bytes())
-    level3 = (weights.git_blob_id(WCT / "vgg_normalised_conv3_1.pth"), weights.git_blob_id(WCT / "feature_invertor_conv3_1.pth"))
+    level3 = (git_blob_id(WCT / "vgg_normalised_conv3_1.pth"), git_blob_id(WCT / "feature_invertor_conv3_1.pth"))
     monkeypatch.setitem(weights.WCT_CHECKSUMS, 3, level3)
     cache = tmp_path / "cache"
     result = CliRunner().invoke(main, ["weights", "download", "wct-vgg19", "--levels", "1-3", "--dest", str(cache),

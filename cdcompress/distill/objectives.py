@@ -77,17 +77,15 @@ class StyleTransferObjective:
         return style_transfer_terms(out_features, target, style_features, OUTPUT, self.lambda_s)
 
 
-def reconstruction_objective(lambda_p: float) -> Objective:
-    return ReconstructionObjective(lambda_p)
-
-
-def style_transfer_objective(lambda_s: float) -> Objective:
-    return StyleTransferObjective(lambda_s)
-
-
 OBJECTIVES.register("reconstruction")(ReconstructionObjective)
 OBJECTIVES.register("style-transfer")(StyleTransferObjective)
-OBJECTIVES.register("feature-kd")(lambda **_: None)
+
+
+@OBJECTIVES.register("feature-kd")
+def feature_kd() -> None:
+    """The KD baseline: no collaborator term, the embedding loss alone. It takes no options, so a recipe or
+    ``apply`` call that passes one (``lambda_p``, say) is told so instead of having it silently ignored."""
+    return None
 
 
 def resolve_objective(objective: str | Mapping[str, Any] | Objective | None, options: Mapping[str, Any]) -> Objective | None:

@@ -200,6 +200,7 @@ class StageSpec(_Strict):
     optimizer: Literal[OPTIMIZERS] = "adam"
     weight_decay: float = Field(0.0, **bound("weight_decay"))
     schedule: Literal[SCHEDULES] = "constant"
+    lr_floor: float = Field(0.0, le=1, **bound("lr_floor"))
     warmup_steps: int = Field(0, **bound("warmup_steps"))
     grad_clip: float = Field(0.0, **bound("grad_clip"))
     amp: Literal[AMP_MODES] = "off"

@@ -18,7 +18,7 @@ DECODER_INITS: tuple[str, ...] = ("pruned", "folded", "random")
 LOWER_BOUNDS: dict[str, str] = {
     "steps": "gt", "lr": "gt", "log_every": "gt", "accumulate": "gt", "keep_checkpoints": "gt", "sample_count": "gt",
     "gamma": "gt", "weight_decay": "ge", "warmup_steps": "ge", "step_size": "ge", "grad_clip": "ge",
-    "checkpoint_every": "ge", "sample_every": "ge", "eval_every": "ge", "workers": "ge",
+    "checkpoint_every": "ge", "sample_every": "ge", "eval_every": "ge", "workers": "ge", "lr_floor": "ge",
 }
 #: Devices a run can name (``torch.device`` accepts more, but only these are supported).
 DEVICE_PATTERN = r"(cpu|cuda(:\d+)?|mps)"

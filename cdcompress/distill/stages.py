@@ -20,7 +20,7 @@ from ..core.device import module_device, resolve_device
 from ..core.errors import CDCompressError
 from ..core.registry import accepted
 from ..data.batches import as_batch, batches
-from ..evaluation.metrics import mean_psnr, psnr
+from ..evaluation.metrics import reconstruction_psnr
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..surgery.embed import flatten_outputs
 from ..surgery.modules import freeze
@@ -96,9 +96,7 @@ class CollaboratorStage:
             return
         device = resolve_device(recipe.device)
         encoder, decoder = state.teacher.encoder.to(device).eval(), state.collaborator.to(device).eval()
-        with torch.no_grad():
-            scores = [psnr(decoder(encoder(x.to(device))).clamp(0, 1), x.to(device)) for _, x in images]
-        measured = sum(scores) / len(scores)
+        measured = reconstruction_psnr(encoder, decoder, [x.to(device) for _, x in images])
         run.collaborator_psnr[level] = measured
         if measured >= floor:
             return
@@ -203,10 +201,10 @@ def refit_decoder_output(run: RecipeRun, level: int, what: str, encoder: nn.Modu
     batches = [as_batch(sampler[i]).to(device) for i in range(-(-REFIT_IMAGES // batch))]
     # Held-out images judge autoencoding only (paired data's held-out images have no targets here).
     held_out = [] if batches[0].paired else [x.to(device) for _, x in run.held_out_images()]
-    before = mean_psnr(encoder, decoder.eval(), held_out) if held_out else None
+    before = reconstruction_psnr(encoder, decoder.eval(), held_out) if held_out else None
     refit_output_conv(encoder, decoder, batches, seed=recipe.seed)
     if before is not None:
-        after = mean_psnr(encoder, decoder, held_out)
+        after = reconstruction_psnr(encoder, decoder, held_out)
         run.note(f"level {level}: {what}'s output conv refitted by least squares, held-out {before:.2f} -> {after:.2f} dB")
 
 

@@ -30,7 +30,7 @@ from ..core.errors import CDCompressError
 from ..core.progress import Progress
 from ..data.batches import Batch, as_batch, batches
 from ..data.images import save_image
-from ..evaluation.metrics import psnr
+from ..evaluation.metrics import mean_psnr
 from . import distributed
 from .losses import detach_terms
 from .settings import AMP_MODES, LOWER_BOUNDS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM, bound_problem, device_problem
@@ -52,6 +52,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     schedule: str = "constant"
+    lr_floor: float = 0.0  # cosine decays to lr_floor x lr (0: to zero)
     warmup_steps: int = 0
     step_size: int = 0
     gamma: float = 0.1
@@ -85,6 +86,8 @@ class TrainConfig:
         kind, noun = _TYPES[str(spec.type)]
         if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
             return f"{name} must be {noun}, got {value!r}"
+        if name == "lr_floor" and value > 1:
+            return f"lr_floor must be <= 1 (a share of lr), got {value}"
         if name == "step_size" and self.schedule == "step" and value == 0:
             return "schedule 'step' needs step_size > 0 (steps between decays)"
         return bound_problem(name, value) if name in LOWER_BOUNDS else None
@@ -131,7 +134,7 @@ def _lr_lambda(config: TrainConfig):
         if config.schedule == "cosine":
             span = max(1, config.steps - config.warmup_steps)
             progress = min(1.0, (step - config.warmup_steps) / span)
-            return 0.5 * (1 + math.cos(math.pi * progress))
+            return config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
         if config.schedule == "step" and config.step_size:
             return config.gamma ** (step // config.step_size)
         return 1.0
@@ -376,11 +379,9 @@ class Trainer:
         if not self.config.eval_every or not self.held_out or predict is None:
             return
         self.task.set_train(False)
-        with torch.no_grad():
-            scores = [psnr(predict(b.input.to(self.device)).float().clamp(0, 1), b.target.to(self.device).float())
-                      for b in self.held_out]
+        score = mean_psnr(predict, [(b.input.to(self.device), b.target.to(self.device)) for b in self.held_out])
         self.task.set_train(True)
-        record = {"stage": self.task.name, "step": step, "heldout/psnr": round(sum(scores) / len(scores), 4)}
+        record = {"stage": self.task.name, "step": step, "heldout/psnr": round(score, 4)}
         curve.append(record)
         self._append_metrics(record)
 

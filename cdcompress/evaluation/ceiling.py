@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core.errors import CDCompressError
 from ..data.batches import as_batch
-from .metrics import mean_psnr
+from .metrics import reconstruction_psnr
 
 
 def output_conv(decoder: nn.Module) -> nn.Conv2d:
@@ -91,7 +91,7 @@ def linear_ceiling(encoder: nn.Module, decoder: nn.Module, batches: Iterable[obj
     (level-1) decoder, the best any linear 3x3 read-out of ``encoder``'s features can do."""
     refitted = copy.deepcopy(decoder).eval()
     refit_output_conv(encoder, refitted, batches, **options)  # type: ignore[arg-type]
-    return mean_psnr(encoder, refitted, held_out)
+    return reconstruction_psnr(encoder, refitted, held_out)
 
 
-__all__ = ["conv_columns", "linear_ceiling", "mean_psnr", "output_conv", "refit_output_conv"]
+__all__ = ["conv_columns", "linear_ceiling", "output_conv", "refit_output_conv"]

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..core.atomic import recover, staged_directory, write_json
+from ..core.digest import sha256_file
 from ..core.progress import progress_iter
-from ..models.format import SPEC_FILE, CDModel, read_spec, sha256_file
+from ..models.format import SPEC_FILE, CDModel, read_spec
 from ..models.pair import MODULE_FAMILY
 from ..surgery.drop_in import DropInEncoder
 from ..surgery.embed import io_channels

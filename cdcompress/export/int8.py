@@ -18,7 +18,6 @@ import io
 import logging
 import math
 import shutil
-import statistics
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,8 +28,8 @@ import numpy as np
 import torch
 
 from ..core.atomic import recover, staged_directory, write_json
-from ..evaluation.metrics import psnr
-from ..models.format import sha256_file
+from ..core.digest import sha256_file
+from ..evaluation.metrics import mean_psnr
 from .errors import ExportError
 from .manifest import MANIFEST_FILE, bundle_precision, read_manifest
 
@@ -155,8 +154,8 @@ def measure_level(fp32: tuple[Any, Any], int8: tuple[Any, Any], images: Sequence
     def reconstruct(pair: tuple[Any, Any], x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(_run(pair[1], _run(pair[0], x))).clamp(0, 1)
 
-    fp32_psnr = statistics.fmean(psnr(reconstruct(fp32, x), torch.from_numpy(x)) for x in images)
-    int8_psnr = statistics.fmean(psnr(reconstruct(int8, x), torch.from_numpy(x)) for x in images)
+    pairs = [(torch.from_numpy(x), torch.from_numpy(x)) for x in images]
+    fp32_psnr, int8_psnr = (mean_psnr(lambda x, p=pair: reconstruct(p, x.numpy()), pairs) for pair in (fp32, int8))
     errors = []
     for pair_index, x in enumerate(images):
         style = images[(pair_index + 1) % len(images)]

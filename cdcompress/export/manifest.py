@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import recover
+from ..core.digest import sha256_file
 from ..core.errors import short_repr
-from ..models.format import read_format_json, sha256_file
+from ..models.format import read_format_json
 from .errors import ExportError
 
 BUNDLE_FORMAT = "cdcompress-bundle"

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+from ..core.digest import sha256_file
 from ..core.errors import CheckpointError
 from ..surgery.embed import EmbeddingBranches
 from .checkpoint import load_weights, read_state_dict
-from .format import CDModel, sha256_file
+from .format import CDModel
 from .resolve import RELEASE_VARIANTS
 from .vgg import LEVELS, VGGDecoder, VGGEncoder, VGGSpec, conv_names
 

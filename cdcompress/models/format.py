@@ -16,7 +16,6 @@ A drop-in student (:mod:`cdcompress.surgery.drop_in`) is saved as its plain enco
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core.atomic import recover, staged_directory, write_json
+from ..core.digest import sha256_file
 from ..core.errors import CheckpointError, ModelFormatError, short_repr
 from ..surgery.drop_in import DropInEncoder
 from ..surgery.embed import EmbeddingBranches, io_channels
@@ -140,14 +140,6 @@ def spec_levels(path: str | Path) -> list[int]:
     parts = read_spec(path)["parts"]
     return usable_levels((int(p["level"]) for p in parts if p.get("role") == "encoder"),
                          (int(p["level"]) for p in parts if p.get("role") == "decoder"))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _part_entries(model: CDModel) -> list[tuple[dict[str, Any], nn.Module]]:
@@ -401,4 +393,4 @@ def _check_fits(path: Path, entry: Mapping[str, Any], parameters: int, stored: i
                                f"its file holds {stored:,} values; restore or re-create the model")
 
 
-__all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "save_pair", "sha256_file"]
+__all__ = ["CDModel", "CheckpointError", "FAMILIES", "load", "read_spec", "save", "save_pair"]

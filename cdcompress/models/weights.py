@@ -7,13 +7,13 @@ failed or forged download never leaves a usable-looking file behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.digest import git_blob_id, sha256_file
 from ..core.errors import CDCompressError
 from ..core.progress import Progress
 
@@ -37,26 +37,9 @@ class PublishedWeights:
         if self.git_blob:
             got = git_blob_id(path)
             return None if got == self.git_blob else f"git blob id {got}, published {self.git_blob}"
-        got = sha256_of(path)
+        got = sha256_file(path)
         return None if got.startswith(self.sha256_prefix) else f"SHA-256 {got[:16]}... does not match the published " \
                                                               f"{self.sha256_prefix[:16]}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_blob_id(path: Path) -> str:
-    """What git calls the file: sha1(b"blob <size>\\0" + content), the id a commit pins it by."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 #: The WCT teacher's PyTorch conversion at a pinned commit of pietrocarbo/deep-transfer (Apache-2.0):
