@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.budget.spec import Budget, BudgetError
+from cdcompress.core.budget import Budget, BudgetError
 from cdcompress.cost.latency import measure_latency
 from cdcompress.cost.static import count_macs
 from cdcompress.surgery.modules import count_parameters

@@ -38,18 +38,11 @@ import cdcompress
 from cdcompress.cost.pair import compare
 from cdcompress.cost.static import count_macs
 from cdcompress.data.batches import skimage_photos
-from cdcompress.evaluation.metrics import psnr
+from cdcompress.data.noisy import DEFAULT_SIGMA, NoisyPairs, Pair
+from cdcompress.evaluation.metrics import mean_psnr, psnr
 from cdcompress.models.unet import DEFAULT_GROUPS, DEFAULT_WIDTHS, stride_of, unet_decoder, unet_encoder
-from cdcompress.tasks.denoise import (
-    DEFAULT_SIGMA,
-    NoisyPairs,
-    Pair,
-    denoise,
-    heldout_pairs,
-    mean_psnr,
-    pair_model,
-    train_denoiser,
-)
+from cdcompress.surgery.modules import EncoderDecoderPair
+from cdcompress.tasks.denoise import heldout_pairs, train_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared" / "images"
@@ -169,7 +162,7 @@ def load_or_train_teacher(train: Sequence[Path], settings: Settings, out: Path, 
             return cached.encoder().eval(), cached.decoder().eval()
     torch.manual_seed(0)
     encoder, decoder = unet_encoder(), unet_decoder()
-    model = pair_model(encoder, decoder)
+    model = EncoderDecoderPair(encoder, decoder)
     history = train_denoiser(model, training_data(train, settings, seed=0, batch=settings.teacher_batch),
                              settings.teacher_steps, settings.teacher_lr,
                              log=lambda step, loss: log(f"teacher step {step}: mse {loss:.5f}"), log_every=250)
@@ -183,14 +176,15 @@ def load_or_train_teacher(train: Sequence[Path], settings: Settings, out: Path, 
 def compress(variant: Variant, encoder: nn.Module, decoder: nn.Module, width: float, seed: int,
              data: Callable[[], NoisyPairs], settings: Settings) -> tuple[cdcompress.Distiller, nn.Module]:
     """One student pair: slim, stage 2 unless prune-only, then the shared stage-3 decoder training."""
-    objective = "feature-kd" if variant.method == "kd" else "reconstruction"
+    # Feature-KD has no collaborator term, so no perceptual weight (it takes no options).
+    objective, options = ("feature-kd", {}) if variant.method == "kd" else ("reconstruction", {"lambda_p": 0.0})
     example = (torch.rand(1, 3, settings.crop, settings.crop, generator=torch.Generator().manual_seed(seed)),)
     beta = KD_BETA if variant.beta is None else variant.beta  # prune-only: unused
-    distiller = cdcompress.apply(encoder, decoder, slim=width, seed=seed, objective=objective, beta=beta, lambda_p=0.0,
-                                 example_inputs=example)
+    distiller = cdcompress.apply(encoder, decoder, slim=width, seed=seed, objective=objective, beta=beta,
+                                 example_inputs=example, **options)
     if variant.beta is not None:
         distiller.fit(data(), cdcompress.TrainConfig(steps=settings.steps, lr=settings.lr))
-    small, _ = distiller.train_decoder(data(), cdcompress.TrainConfig(steps=settings.decoder_steps, lr=settings.lr),
+    small, _ = distiller.fit_decoder(data(), cdcompress.TrainConfig(steps=settings.decoder_steps, lr=settings.lr),
                                        lambda_p=0.0)
     return distiller, small.eval()
 
@@ -200,7 +194,13 @@ def parameters(*modules: nn.Module) -> int:
 
 
 def pair_macs(encoder: nn.Module, decoder: nn.Module, size: int) -> int:
-    return count_macs(pair_model(encoder, decoder), (1, 3, size, size))
+    return count_macs(EncoderDecoderPair(encoder, decoder), (1, 3, size, size))
+
+
+@torch.no_grad()
+def denoised(model: nn.Module, pairs: Sequence[Pair]) -> list[torch.Tensor]:
+    """The model's clean estimate of each noisy photo, clamped to [0, 1] as it is saved and scored."""
+    return [model(noisy).clamp(0, 1) for noisy, _ in pairs]
 
 
 # ---------------------------------------------------------------- reporting
@@ -262,7 +262,7 @@ def comparison_png(path: Path, pairs: list[Pair], names: list[str], columns: dic
 def measure_speed(width: float, distiller: cdcompress.Distiller, small: nn.Module, teacher_dir: Path, out: Path,
                   settings: Settings, onnx: bool) -> dict[str, dict[str, float]]:
     """Saved teacher vs saved student, reloaded and timed by the library (eager and, unless ``onnx`` is off, exported)."""
-    student_dir = distiller.save(out / "models" / f"student-x{width:g}", decoder=small, overwrite=True)
+    student_dir = distiller.save_student(out / "models" / f"student-x{width:g}", decoder=small, overwrite=True)
     models = [cdcompress.load(d, encoder=unet_encoder, decoder=unet_decoder) for d in (teacher_dir, student_dir)]
     teacher_row, student_row = compare(*models, (settings.time_size, settings.time_size), repeats=settings.repeats,
                                        threads=settings.threads, onnx=onnx)
@@ -282,7 +282,7 @@ def run_experiment(settings: Settings, out: Path, png: Path, results: Path, retr
     pairs, validation = (heldout_pairs(paths, size=settings.eval_size, multiple=stride_of(DEFAULT_WIDTHS), sigma=settings.sigma)
                          for paths in (photos.test, photos.validation))
     teacher = load_or_train_teacher(train, settings, out, retrain)
-    teacher_model = pair_model(*teacher)
+    teacher_model = EncoderDecoderPair(*teacher)
     noisy_psnr, teacher_psnr = ((mean_psnr(m, pairs), mean_psnr(m, validation)) for m in (None, teacher_model))
     log(f"{photos.note}\nPSNR test / validation: noisy {noisy_psnr[0]:.2f} / {noisy_psnr[1]:.2f} dB, "
         f"teacher {teacher_psnr[0]:.2f} / {teacher_psnr[1]:.2f} dB")
@@ -291,15 +291,15 @@ def run_experiment(settings: Settings, out: Path, png: Path, results: Path, retr
 
     runs: list[Run] = []
     timings: dict[float, dict[str, dict[str, float]]] = {}
-    figure: dict[str, list[torch.Tensor]] = {"teacher": [denoise(teacher_model, n) for n, _ in pairs]}
+    figure: dict[str, list[torch.Tensor]] = {"teacher": denoised(teacher_model, pairs)}
     for width in settings.widths:
         for seed in settings.seeds:
             for index, variant in enumerate(variants(settings)):
                 start = time.perf_counter()
                 distiller, small = compress(variant, *teacher, width, seed, lambda s=seed: training_data(train, settings, s),
                                             settings)
-                student = pair_model(distiller.deployable(), small)
-                scores = [psnr(denoise(student, n), c) for n, c in pairs]
+                student = EncoderDecoderPair(distiller.deployable(), small)
+                scores = [mean_psnr(student, [pair]) for pair in pairs]
                 run = Run(variant.label, variant.method, variant.beta, width, seed, statistics.fmean(scores),
                           mean_psnr(student, validation), parameters(student),
                           pair_macs(distiller.deployable(), small, settings.time_size), time.perf_counter() - start, scores)
@@ -307,7 +307,7 @@ def run_experiment(settings: Settings, out: Path, png: Path, results: Path, retr
                 log(f"{variant.label} x{width:g} seed {seed}: test {run.psnr:.2f} dB, validation {run.validation_psnr:.2f} dB "
                     f"({run.seconds:.0f} s)")
                 if width == settings.widths[-1] and seed == settings.seeds[0]:
-                    figure[variant.label] = [denoise(student, n) for n, _ in pairs]
+                    figure[variant.label] = denoised(student, pairs)
                 if seed == settings.seeds[0] and index == 0:
                     timings[width] = measure_speed(width, distiller, small, teacher_dir, out, settings, onnx)
 

@@ -33,8 +33,7 @@ from cdcompress.distill.decoder import starting_decoder, train_decoder
 from cdcompress.distill.distiller import Distiller
 from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images
-from cdcompress.distill.stages import DistillStage, LevelState
-from cdcompress.distill.teachers import load_teacher
+from cdcompress.distill.stages import DistillStage, LevelState, load_teacher
 from cdcompress.distill.trainer import TrainConfig
 from cdcompress.evaluation.ceiling import linear_ceiling, refit_output_conv
 from cdcompress.evaluation.metrics import reconstruction_psnr
@@ -102,7 +101,7 @@ def stage3_from(distiller: Distiller, encoder: nn.Module, branches: nn.Module, r
     stage = recipe.stages.decoder
     config = TrainConfig(steps=steps, lr=stage.lr, schedule=stage.schedule, log_every=10 ** 9,
                          eval_every=max(1, steps // 10))
-    makers = {"folded": lambda: starting_decoder(distiller, "folded"),
+    makers = {"folded": lambda: starting_decoder(distiller.decoder_start(), "folded"),
               "d_base": lambda: linear_output(convert_cd_release(RELEASE_DIR, variant="base", levels=(level,))
                                               .decoder(level))}
     encoder = encoder.eval()

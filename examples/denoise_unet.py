@@ -17,9 +17,12 @@ import torch
 
 import cdcompress
 from cdcompress.data.batches import skimage_photos
+from cdcompress.data.noisy import NoisyPairs
+from cdcompress.evaluation.metrics import mean_psnr
 from cdcompress.export.pair import PairRunner
 from cdcompress.models.unet import unet_decoder, unet_encoder
-from cdcompress.tasks.denoise import NoisyPairs, heldout_pairs, mean_psnr, pair_model, train_denoiser
+from cdcompress.surgery.modules import EncoderDecoderPair
+from cdcompress.tasks.denoise import heldout_pairs, train_denoiser
 
 
 def main() -> None:
@@ -38,18 +41,19 @@ def main() -> None:
 
     torch.manual_seed(0)
     encoder, decoder = unet_encoder(), unet_decoder()
-    train_denoiser(pair_model(encoder, decoder), NoisyPairs(train, batch_size=16), args.teacher_steps, lr=2e-3)
-    print(f"teacher: {mean_psnr(pair_model(encoder, decoder), held_out):.2f} dB")
+    teacher = EncoderDecoderPair(encoder, decoder)
+    train_denoiser(teacher, NoisyPairs(train, batch_size=16), args.teacher_steps, lr=2e-3)
+    print(f"teacher: {mean_psnr(teacher, held_out):.2f} dB")
 
     # Stage 2: the slim encoder learns features the *frozen teacher decoder* turns into the clean image.
     distiller = cdcompress.apply(encoder, decoder, slim=args.width, beta=args.beta, lambda_p=0.0)
     config = cdcompress.TrainConfig(steps=args.steps, lr=1e-3)
     distiller.fit(NoisyPairs(train), config)
     # Stage 3: a slim decoder of its own for the frozen student encoder.
-    small, _ = distiller.train_decoder(NoisyPairs(train), config, lambda_p=0.0)
-    print(f"student x{args.width:g}: {mean_psnr(pair_model(distiller.deployable(), small), held_out):.2f} dB")
+    small, _ = distiller.fit_decoder(NoisyPairs(train), config, lambda_p=0.0)
+    print(f"student x{args.width:g}: {mean_psnr(EncoderDecoderPair(distiller.deployable(), small), held_out):.2f} dB")
 
-    model_dir = distiller.save(args.out / "student", decoder=small, overwrite=True)
+    model_dir = distiller.save_student(args.out / "student", decoder=small, overwrite=True)
     model = cdcompress.load(model_dir, encoder=unet_encoder, decoder=unet_decoder)
     bundle = cdcompress.export.export_bundle(model, args.out / "bundle", overwrite=True, progress=False).path
     print(f"exported ({bundle}): {mean_psnr(PairRunner(bundle, threads=2), held_out):.2f} dB")

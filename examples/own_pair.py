@@ -49,8 +49,8 @@ for _epoch in range(12):  # 12 epochs x 25 batches
 d = cdcompress.apply(encoder, decoder, slim=0.5)  # student = teacher at half width, collaborator frozen
 print(d.slimmed.summary())  # per-layer widths, encoder and decoder parameter ratios
 d.fit(loader, cdcompress.TrainConfig(steps=300, lr=1e-3))  # stage 2: collaborative distillation
-small, _ = d.train_decoder(loader, cdcompress.TrainConfig(steps=300, lr=1e-3))  # stage 3: the student's decoder
-d.save("out/student", decoder=small, overwrite=True)  # model.json + safetensors, slimmed widths recorded
+small, _ = d.fit_decoder(loader, cdcompress.TrainConfig(steps=300, lr=1e-3))  # stage 3: the student's decoder
+d.save_student("out/student", decoder=small, overwrite=True)  # model.json + safetensors, slimmed widths recorded
 m = cdcompress.load("out/student", encoder=Encoder, decoder=Decoder)  # factories of the teacher's shapes
 cdcompress.export.export_bundle(m, "out/bundle", overwrite=True)  # ONNX graphs, parity-checked on onnxruntime
 with torch.no_grad():

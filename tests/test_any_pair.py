@@ -44,10 +44,10 @@ def test_own_pair_end_to_end(kind: str, tmp_path: Path, device: str) -> None:
     fitted = d.fit(data, cdcompress.TrainConfig(steps=30, lr=2e-3, log_every=1, device=device))
     losses = [h["total"] for h in fitted.history]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
-    small, result = d.train_decoder(data, cdcompress.TrainConfig(steps=20, lr=2e-3, log_every=1, device=device))
+    small, result = d.fit_decoder(data, cdcompress.TrainConfig(steps=20, lr=2e-3, log_every=1, device=device))
     assert result.history[-1]["total"] < result.history[0]["total"]
 
-    d.save(tmp_path / "student", decoder=small)
+    d.save_student(tmp_path / "student", decoder=small)
     spec = json.loads((tmp_path / "student" / "model.json").read_text())
     assert spec["family"] == "module" and spec["architecture"]["widths"]
     m = cdcompress.load(tmp_path / "student", encoder=make_encoder, decoder=make_decoder)
@@ -76,7 +76,7 @@ def test_slimming_reports_and_checks_both_sides() -> None:
     assert {name: w % 8 for name, w in widths.items() if name != "decoder.head"} == dict.fromkeys(
         [n for n in widths if n != "decoder.head"], 0)
     assert widths["decoder.up2"] < 32 and widths["decoder.up1"] < 16, "ConvTranspose layers must be slimmed"
-    assert d.slimmed.decoder_ratio < 0.5 and d.slimmed.encoder_ratio < 0.5
+    assert d.slimmed.decoder_kept < 0.5 and d.slimmed.encoder_kept < 0.5 and d.slimmed.compression > 2
     table = d.slimmed.summary()
     assert "| decoder.up1 | 16 | 8 | 8 |" in table and "protected" in table
 
@@ -129,7 +129,7 @@ def test_layernorm_and_linear_tokens_slim_with_the_residual() -> None:
 def test_importance_plugins_from_torch_pruning_and_the_registry() -> None:
     import torch_pruning as tp
 
-    from cdcompress.surgery.slim import IMPORTANCES
+    from cdcompress.core.registry import IMPORTANCES
 
     magnitude = cdcompress.Slimming(0.5, importance=tp.importance.GroupMagnitudeImportance())
     d = cdcompress.apply(ResNetEncoder(), ResNetDecoder(), slim=magnitude)
@@ -192,7 +192,7 @@ def test_any_iterable_is_training_data_and_resume_is_exact(tmp_path: Path) -> No
 
 def test_a_model_file_cannot_name_code_to_run(tmp_path: Path) -> None:
     d = cdcompress.apply(GNUNetEncoder(), GNUNetDecoder(), slim=0.5)
-    d.save(tmp_path / "student", decoder=d.decoder_init)  # the format is under test, not the training
+    d.save_student(tmp_path / "student", decoder=d.decoder_init)  # the format is under test, not the training
     marker = tmp_path / "ran"
     spec_path = tmp_path / "student" / "model.json"
     spec = json.loads(spec_path.read_text())
@@ -222,7 +222,7 @@ def test_registered_architecture_loads_through_the_cli(tmp_path: Path, monkeypat
     import userpkg.models as user
 
     d = cdcompress.apply(user.encoder(width=8), user.decoder(width=8), slim=0.5)
-    d.save(tmp_path / "student", decoder=d.decoder_init)  # the format is under test, not the training
+    d.save_student(tmp_path / "student", decoder=d.decoder_init)  # the format is under test, not the training
     record = json.loads((tmp_path / "student" / "model.json").read_text())["architecture"]
     assert record["encoder"]["registered"] == {"name": "test-gn-unet-encoder", "kwargs": {"width": 8}}
 

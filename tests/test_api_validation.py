@@ -166,11 +166,11 @@ def test_save_refuses_the_untrained_slimmed_decoder(tmp_path: Path) -> None:
                                                        nn.Conv2d(16, 3, 3, padding=1))
     distiller = cdcompress.apply(encoder, decoder, slim=0.5, taps=None)
     with pytest.raises(CDCompressError, match="no trained decoder") as error:
-        distiller.save(tmp_path / "untrained")
+        distiller.save_student(tmp_path / "untrained")
     assert "\n" not in str(error.value) and not (tmp_path / "untrained").exists()
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    trained, _ = distiller.train_decoder([images], TrainConfig(steps=1, lr=1e-2))
-    distiller.save(tmp_path / "student")
+    trained, _ = distiller.fit_decoder([images], TrainConfig(steps=1, lr=1e-2))
+    distiller.save_student(tmp_path / "student")
     saved = cdcompress.load(tmp_path / "student", encoder=lambda: Segmenter(False), decoder=lambda: nn.Sequential(
         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1)))
     for a, b in zip(saved.decoder().state_dict().values(), trained.state_dict().values(), strict=True):

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from torch import nn
 
 import cdcompress
-from cdcompress.budget.search import CostMeter
-from cdcompress.budget.spec import Budget, BudgetError
+from cdcompress.core.budget import Budget, BudgetError
 from cdcompress.cost.static import count_macs
+from cdcompress.distill.width_search import CostMeter
 from cdcompress.surgery.modules import count_parameters
 from cdcompress.surgery.slim import Slimming
 
@@ -162,7 +162,7 @@ class ModelledLatency(CostMeter):
 
 @pytest.mark.parametrize("share", [0.3, 0.6])
 def test_latency_target_is_met_after_measuring(share: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cdcompress.budget.search as search_module
+    import cdcompress.distill.width_search as search_module
 
     monkeypatch.setattr(search_module, "CostMeter", ModelledLatency)
     encoder, _ = conv_pair()

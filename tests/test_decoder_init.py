@@ -27,7 +27,7 @@ def test_folded_first_conv_is_the_collaborators_on_embedded_features(level: int)
         for branch in d.branches.values():
             branch.weight.normal_(0, 0.3)
             branch.bias.normal_(0, 0.3)
-    decoder = fold_output_branch(d, copy.deepcopy(d.decoder_init))
+    decoder = fold_output_branch(d.decoder_start(), copy.deepcopy(d.decoder_init))
     first = decoder.plan[0]
     kept = d.slimmed.kept.get(f"decoder.{first}", list(range(getattr(d.collaborator, first).out_channels)))
     image = torch.rand(2, 3, 32, 40)
@@ -45,15 +45,15 @@ def test_folded_first_conv_is_the_collaborators_on_embedded_features(level: int)
 def test_folded_init_trains_and_is_refused_for_other_pairs() -> None:
     d = _vgg_distiller(2)
     images = [torch.rand(2, 3, 32, 32) for _ in range(3)]
-    decoder, result = d.train_decoder(images, cdcompress.TrainConfig(steps=3, lr=1e-3), init="folded")
+    decoder, result = d.fit_decoder(images, cdcompress.TrainConfig(steps=3, lr=1e-3), init="folded")
     assert isinstance(decoder, VGGDecoder) and result.steps == 3
 
     encoder = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
     other = cdcompress.apply(encoder, nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 1)))
     with pytest.raises(CDCompressError, match="needs a VGG encoder/decoder pair"):
-        other.train_decoder(images, cdcompress.TrainConfig(steps=1), init="folded")
+        other.fit_decoder(images, cdcompress.TrainConfig(steps=1), init="folded")
     with pytest.raises(CDCompressError, match="pruned, folded, random"):
-        other.train_decoder(images, cdcompress.TrainConfig(steps=1), init="zeros")
+        other.fit_decoder(images, cdcompress.TrainConfig(steps=1), init="zeros")
 
 
 def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> None:
@@ -72,7 +72,7 @@ def test_learning_curve_records_held_out_psnr_for_stages_2_and_3(tmp_path) -> No
         expected = sum(psnr(d.predict(x).clamp(0, 1), x) for x in held_out) / 2
     assert abs(result.curve[-1]["heldout/psnr"] - expected) < 1e-3
     assert all("total" in h for h in result.history)  # loss history stays loss records only
-    _, decoded = d.train_decoder(train, cdcompress.TrainConfig(steps=3, eval_every=3), held_out=held_out, run_dir=tmp_path)
+    _, decoded = d.fit_decoder(train, cdcompress.TrainConfig(steps=3, eval_every=3), held_out=held_out, run_dir=tmp_path)
     assert [r["step"] for r in decoded.curve] == [0, 3]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in records if "heldout/psnr" in r] == [

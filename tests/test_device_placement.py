@@ -17,8 +17,8 @@ from test_any_pair import loader, photo_batches
 from zoo import ResNetDecoder, ResNetEncoder
 
 import cdcompress
+from cdcompress.core.registry import TEACHER_SOURCES
 from cdcompress.distill import distributed
-from cdcompress.distill.teachers import TEACHER_SOURCES
 from cdcompress.surgery.modules import reinitialize
 
 VGG_RECIPE = textwrap.dedent(
@@ -106,8 +106,8 @@ def test_any_pair_api_on_a_virtual_gpu(tmp_path: Path) -> None:
         with placement_hooks(d.student, d.teacher, d.collaborator, d.branches) as ran:
             d.fit(data, config, tmp_path / "fit")
         assert ran and isinstance(next(d.student.parameters()), OnDevice)
-        small, _ = d.train_decoder(data, config, run_dir=tmp_path / "decoder")
-        d.save(tmp_path / "student", decoder=small)
+        small, _ = d.fit_decoder(data, config, run_dir=tmp_path / "decoder")
+        d.save_student(tmp_path / "student", decoder=small)
     assert next(encoder.parameters()).device.type == "cpu"
     assert list((tmp_path / "decoder" / "samples").glob("*.png"))
     cdcompress.load(tmp_path / "student", encoder=ResNetEncoder, decoder=ResNetDecoder)
@@ -144,7 +144,7 @@ def test_student_decoder_samples_without_fit_on_a_virtual_gpu(tmp_path: Path) ->
     with virtual_cuda():
         d = cdcompress.apply(ResNetEncoder(8), ResNetDecoder(8), slim=0.5)
         config = cdcompress.TrainConfig(steps=1, sample_every=1, device="cuda")
-        d.train_decoder(data, config, run_dir=tmp_path)
+        d.fit_decoder(data, config, run_dir=tmp_path)
     assert list((tmp_path / "samples").glob("decoder_step*.png"))
 
 

@@ -29,7 +29,7 @@ BN_PLUGIN = textwrap.dedent(
     """
     import torch
 
-    from cdcompress.distill.teachers import TEACHER_SOURCES
+    from cdcompress.core.registry import TEACHER_SOURCES
     from zoo import ResNetDecoder, ResNetEncoder
 
 

@@ -206,7 +206,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(photos: list[Pa
 def test_stage3_decoder_and_sample_grid(photos: list[Path], tmp_path: Path) -> None:
     distiller = _fresh_distiller()
     sampler = CropSampler(photos, batch_size=2, resize=48, crop=32, seed=5)
-    decoder, result = distiller.train_decoder(sampler, TrainConfig(steps=20, lr=2e-3, log_every=1, sample_every=10),
+    decoder, result = distiller.fit_decoder(sampler, TrainConfig(steps=20, lr=2e-3, log_every=1, sample_every=10),
                                               run_dir=tmp_path)
     assert decoder.spec.widths == distiller.student.spec.widths
     losses = [h["total"] for h in result.history]

@@ -86,10 +86,10 @@ def test_stage_three_random_decoder_comes_from_the_distillers_seed() -> None:
     distiller = cdcompress.apply(encoder, decoder, slim=0.5, taps=None, seed=4)
     torch.manual_seed(11)
     before = global_rng()
-    first = starting_decoder(distiller, "random")
+    first = starting_decoder(distiller.decoder_start(), "random")
     assert_same(before, global_rng())
     torch.manual_seed(12)
-    second = starting_decoder(distiller, "random")
+    second = starting_decoder(distiller.decoder_start(), "random")
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -17,10 +17,8 @@ PLUGINS = textwrap.dedent(
     import torch
     import torch.nn.functional as F
 
-    from cdcompress.data.batches import DATA_SOURCES, CropSampler
-    from cdcompress.distill.objectives import OBJECTIVES
-    from cdcompress.distill.teachers import TEACHER_SOURCES
-    from cdcompress.surgery.slim import IMPORTANCES
+    from cdcompress.core.registry import DATA_SOURCES, IMPORTANCES, OBJECTIVES, TEACHER_SOURCES
+    from cdcompress.data.batches import CropSampler
     from zoo import GNUNetDecoder, GNUNetEncoder
 
     CALLS = []

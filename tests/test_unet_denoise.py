@@ -12,18 +12,15 @@ import torch
 from torch import nn
 
 import cdcompress
-from cdcompress.core.errors import CDCompressError
+from cdcompress.core.errors import CDCompressError, ImageError
 from cdcompress.core.registry import ARCHITECTURES
 from cdcompress.data.batches import skimage_photos
+from cdcompress.data.images import crop_to_multiple
+from cdcompress.data.noisy import NoisyPairs
+from cdcompress.evaluation.metrics import mean_psnr
 from cdcompress.models.unet import UNetDecoder, UNetEncoder, UNetShapeError, unet_decoder, unet_encoder
-from cdcompress.tasks.denoise import (
-    NoisyPairs,
-    center_crop_multiple,
-    heldout_pairs,
-    mean_psnr,
-    pair_model,
-    train_denoiser,
-)
+from cdcompress.surgery.modules import EncoderDecoderPair
+from cdcompress.tasks.denoise import heldout_pairs, train_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,20 +101,29 @@ def test_heldout_pairs_fixed_and_cropped_to_stride(photos: list[Path]) -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(pairs, heldout_pairs(photos[-2:], size=66), strict=True))
     assert 18 < mean_psnr(None, pairs) < 23  # sigma 0.1 -> 20 dB before clamping
     assert mean_psnr(lambda x: x, pairs) == pytest.approx(mean_psnr(None, pairs))
-    with pytest.raises(CDCompressError, match="smaller than the model stride"):
-        center_crop_multiple(torch.rand(1, 3, 3, 9), 4)
+    # Centred: a 10x7 image cropped to multiples of 4 keeps rows 1..8 and columns 1..4.
+    image = torch.arange(70.0).reshape(1, 1, 10, 7)
+    assert torch.equal(crop_to_multiple(image, 4, anchor="center"), image[..., 1:9, 1:5])
+    assert torch.equal(crop_to_multiple(image, 4), image[..., :8, :4])
+    with pytest.raises(ImageError, match="smaller than the required multiple 4") as info:
+        heldout_pairs(photos[-1:], size=3, multiple=4)  # a 3-pixel shorter side: nothing divisible by the stride
+    assert str(photos[-1]) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_teacher_steps_reduce_loss_and_weights_round_trip(photos: list[Path], tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = pair_model(UNetEncoder(widths=(16, 32), groups=4), UNetDecoder(widths=(16, 32), groups=4))
-    log = train_denoiser(model, NoisyPairs(photos[:-2], batch_size=4, resize=96, crop=32), steps=60, lr=3e-3)
+    model = EncoderDecoderPair(UNetEncoder(widths=(16, 32), groups=4), UNetDecoder(widths=(16, 32), groups=4))
+    logged: list[tuple[int, float]] = []
+    log = train_denoiser(model, NoisyPairs(photos[:-2], batch_size=4, resize=96, crop=32), steps=60, lr=3e-3,
+                         log=lambda step, loss: logged.append((step, loss)), log_every=20)
     assert len(log.losses) == 60
+    assert logged == [(n, pytest.approx(sum(log.losses[n - 20 : n]) / 20)) for n in (20, 40, 60)]
     assert sum(log.losses[-10:]) / 10 < 0.5 * sum(log.losses[:5]) / 5
     # Saved as the benchmark caches it: a model directory rebuilt from the registered names, no factories needed.
-    teacher = pair_model(unet_encoder(widths=(16, 32), groups=4), unet_decoder(widths=(16, 32), groups=4))
+    assert not model.training  # left in eval mode, as the benchmark scores it
+    teacher = EncoderDecoderPair(unet_encoder(widths=(16, 32), groups=4), unet_decoder(widths=(16, 32), groups=4))
     teacher.load_state_dict(model.state_dict())
-    cdcompress.save_pair(teacher[0], teacher[1], tmp_path / "teacher", meta={"teacher_training": {"steps": 60}})
+    cdcompress.save_pair(teacher.encoder, teacher.decoder, tmp_path / "teacher", meta={"teacher_training": {"steps": 60}})
     loaded = cdcompress.load(tmp_path / "teacher")
     assert loaded.meta["teacher_training"] == {"steps": 60}
     x = torch.rand(1, 3, 32, 32)

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
-from .main import main
 
-
-@main.command()
+@click.command()
 @click.option("--teacher", type=click.Path(path_type=Path),
               help="WCT teacher: a converted model directory or a folder of the original .pth files "
                    "[default: $CDCOMPRESS_WCT_VGG19, else the weights cache of `weights download wct-vgg19`].")

@@ -9,14 +9,13 @@ import click
 
 from ..distill.recipe import bundled_recipes, check_paths, load_raw, load_recipe, to_yaml
 from ..models.weights import KNOWN_WEIGHTS, download
-from .main import main
 from .options import parse_levels
 
 if TYPE_CHECKING:
     from ..distill.run import RunResult
 
 
-@main.command()
+@click.command()
 @click.option("--recipe", "recipe_ref", required=True, help="Bundled recipe name or path to a YAML recipe.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages.distill.lr=1e-3.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default: output.dir).")
@@ -78,7 +77,7 @@ def _relaunch_with_torchrun(nproc: int, recipe_ref: str, overrides: tuple[str, .
         raise click.exceptions.Exit(code)
 
 
-@main.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.pass_context
 def recipes(ctx: click.Context) -> None:
     """List the bundled recipes (or `recipes show NAME`)."""
@@ -97,7 +96,7 @@ def show(name: str, overrides: tuple[str, ...]) -> None:
     click.echo(to_yaml(load_recipe(name, list(overrides))), nl=False)
 
 
-@main.group()
+@click.group()
 def weights() -> None:
     """Published weights for users with a network."""
 

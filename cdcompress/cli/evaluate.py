@@ -9,11 +9,10 @@ import click
 from ..core.atomic import write_json
 from ..evaluation.settings import DEFAULT_CROP_MULTIPLE, DEFAULT_STYLE_MAX_SIDE
 from ..models.resolve import resolve_model
-from .main import main
 from .options import parse_levels
 
 
-@main.group("eval")
+@click.group("eval")
 def eval_group() -> None:
     """Evaluate a model: reconstruction quality, style distance, cost."""
 

@@ -12,11 +12,10 @@ import click
 from ..core.errors import CDCompressError
 from ..export.profiles import available_profiles
 from ..models.resolve import BUILTIN_HELP, resolve_model
-from .main import main
 from .options import parse_levels
 
 
-@main.command("export")
+@click.command("export")
 @click.argument("model")
 @click.option("--onnx", "onnx_flag", is_flag=True, help="Write ONNX graphs (always done: engines are built from them).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs tensorrt and an NVIDIA GPU).")

@@ -13,20 +13,23 @@ import click
 from .. import __version__
 from ..core.errors import CDCompressError
 
-#: Command -> (the ``cdcompress.cli`` module that defines it, its one-line help). A command's module is imported
-#: only when that command runs or shows its help, so ``cdcompress --help`` does not load torch.
+#: Command -> (the ``cdcompress.cli`` module that defines it, the command's name there, its one-line help). A
+#: command's module is imported only when that command runs or shows its help, so ``cdcompress --help`` does not
+#: load torch; the command modules do not import this one (they define plain click commands that this group adds).
 #: ``tests/test_cli_foundation.py`` checks these lines against the commands' own.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("models", "Convert external weights SRC into a cdcompress model directory (safetensors + model.json)."),
-    "demo": ("demo", "Compress the paper's WCT VGG-19 teacher (levels 1-3) 16x on the bundled photos: all three stages, "
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "convert": ("models", "convert",
+                "Convert external weights SRC into a cdcompress model directory (safetensors + model.json)."),
+    "demo": ("demo", "demo", "Compress the paper's WCT VGG-19 teacher (levels 1-3) 16x on the bundled photos: all three stages, "
                      "a report."),
-    "distill": ("distill", "Run the three stages of Collaborative Distillation described by a recipe."),
-    "eval": ("evaluate", "Evaluate a model: reconstruction quality, style distance, cost."),
-    "export": ("export", "Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch."),
-    "inspect": ("models", "Parameters, bytes on disk and MACs per part and level of MODEL."),
-    "recipes": ("distill", "List the bundled recipes (or `recipes show NAME`)."),
-    "stylize": ("stylize", "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),
-    "weights": ("distill", "Published weights for users with a network."),
+    "distill": ("distill", "distill", "Run the three stages of Collaborative Distillation described by a recipe."),
+    "eval": ("evaluate", "eval_group", "Evaluate a model: reconstruction quality, style distance, cost."),
+    "export": ("export", "export", "Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch."),
+    "inspect": ("models", "inspect", "Parameters, bytes on disk and MACs per part and level of MODEL."),
+    "recipes": ("distill", "recipes", "List the bundled recipes (or `recipes show NAME`)."),
+    "stylize": ("stylize", "stylize_command",
+                "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),
+    "weights": ("distill", "weights", "Published weights for users with a network."),
 }
 
 
@@ -38,7 +41,8 @@ class _Group(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in COMMANDS:
-            importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")  # its decorators register it here
+            module, attribute, _ = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attribute), name)
         return self.commands.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -46,7 +50,7 @@ class _Group(click.Group):
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))
         rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
-                 else click.utils.make_default_short_help(COMMANDS[name][1], limit)) for name in names]
+                 else click.utils.make_default_short_help(COMMANDS[name][2], limit)) for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -79,6 +83,6 @@ def _raise_exit(signum: int, frame: object) -> None:
 def main(imports: tuple[str, ...]) -> None:
     """Collaborative Distillation: compress encoder-decoder networks and deploy them."""
     if imports:
-        from ..core.registry import import_modules
+        from ..core.user_code import import_modules
 
         import_modules(list(imports))

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from ..core.atomic import write_json
-from ..models.resolve import BUILTIN_HELP, RELEASE_VARIANTS, resolve_model
-from .main import main
+from ..models.release import RELEASE_VARIANTS
+from ..models.resolve import BUILTIN_HELP, resolve_model
 from .options import parse_levels
 
 
-@main.command()
+@click.command()
 @click.argument("model")
 @click.option("--size", nargs=2, type=click.IntRange(min=1), default=(512, 512), show_default=True,
               metavar="H W", help="Input size for the MAC count.")
@@ -37,7 +37,7 @@ def inspect(model: str, size: tuple[int, int], json_path: Path | None) -> None:
 inspect.help = (inspect.help or "") + f"\n\n{BUILTIN_HELP}"
 
 
-@main.command()
+@click.command()
 @click.option("--from", "source", type=click.Choice(["cd-release", "torchvision", "wct-pytorch"]), required=True,
               help="Layout of the input weights (wct-pytorch: the WCT teacher's vgg_normalised_conv{k}_1.pth / "
                    "feature_invertor_conv{k}_1.pth folder, every level it holds).")

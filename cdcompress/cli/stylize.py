@@ -10,11 +10,10 @@ import click
 
 from ..core.errors import CDCompressError
 from ..stylization.settings import METHODS, PRECISION_NAMES
-from .main import main
 from .options import parse_levels
 
 
-@main.command("stylize")
+@click.command("stylize")
 @click.option("--model", "model_ref", default=None, help="Model directory (or built-in architecture, random weights).")
 @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Instead of --model: a `cdcompress export` bundle, run with onnxruntime.")

@@ -77,10 +77,15 @@ def staged_file(path: Path) -> Iterator[Path]:
         staging.unlink(missing_ok=True)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write then rename, so a reader never sees half the text (nor an emptied file, after a crash)."""
+    with staged_file(path) as staging:
+        staging.write_text(text)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write then rename, so a reader never sees half a document."""
-    with staged_file(path) as staging:
-        staging.write_text(json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_torch(obj: object, path: Path) -> None:

@@ -41,3 +41,11 @@ def _short_repr() -> reprlib.Repr:
 
 #: ``repr`` cut short for messages: a hostile input must not become a megabyte-long error line.
 short_repr = _short_repr().repr
+
+
+class SlimmingError(CDCompressError):
+    """Slimming could not produce the requested widths."""
+
+
+class RegistryError(CDCompressError):
+    """A plug-in name that is not registered, or a plug-in reference that is malformed."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..budget.spec import RUNTIMES, BudgetError
+from ..core.budget import RUNTIMES, BudgetError
 from ..surgery.embed import flatten_outputs
 
 WARMUP = 2

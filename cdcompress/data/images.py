@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -145,14 +145,21 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def crop_to_multiple(image: torch.Tensor, multiple: int, source: str | Path = "image") -> torch.Tensor:
+def crop_to_multiple(image: torch.Tensor, multiple: int, source: str | Path = "image",
+                     anchor: Literal["top-left", "center"] = "top-left") -> torch.Tensor:
+    """The largest region whose height and width are multiples of ``multiple`` (a model's stride): the top-left
+    one (what :func:`load_image` keeps) or the centred one (held-out photos). Too small an image is one
+    :class:`ImageError` line naming ``source``."""
+    if anchor not in ("top-left", "center"):
+        raise ValueError(f"anchor must be 'top-left' or 'center', got {anchor!r}")
     if multiple <= 1:
         return image
     h, w = image.shape[-2:]
     h2, w2 = h - h % multiple, w - w % multiple
     if h2 == 0 or w2 == 0:
         raise ImageError(f"{source}: {w}x{h} pixels is smaller than the required multiple {multiple}; use a larger image")
-    return image[..., :h2, :w2]
+    top, left = ((h - h2) // 2, (w - w2) // 2) if anchor == "center" else (0, 0)
+    return image[..., top : top + h2, left : left + w2]
 
 
 def center_square(image: torch.Tensor, side: int | None = None) -> torch.Tensor:

@@ -8,19 +8,18 @@ from ..core.lazy import lazy_exports
 
 _EXPORTS = {
     "Distiller": ".distiller", "apply": ".distiller",
-    "OBJECTIVES": ".objectives", "ObjectiveContext": ".objectives",
-    "train_decoder": ".decoder", "train_student_decoder": ".decoder",
+    "OBJECTIVES": "..core.registry", "ObjectiveContext": ".objectives",
+    "train_decoder": ".decoder",
     "TrainConfig": ".trainer", "TrainResult": ".trainer", "Trainer": ".trainer", "TrainingError": ".trainer",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what static checkers see; at run time the names load on first use
+    from ..core.registry import OBJECTIVES as OBJECTIVES
     from .decoder import train_decoder as train_decoder
-    from .decoder import train_student_decoder as train_student_decoder
     from .distiller import Distiller as Distiller
     from .distiller import apply as apply
-    from .objectives import OBJECTIVES as OBJECTIVES
     from .objectives import ObjectiveContext as ObjectiveContext
     from .trainer import TrainConfig as TrainConfig
     from .trainer import Trainer as Trainer

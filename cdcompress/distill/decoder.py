@@ -3,29 +3,26 @@
 Both are decoder-training tasks against a frozen encoder with the reconstruction loss: pixel
 MSE + lambda_p * perceptual MSE on frozen-teacher features, between ``decoder(encoder(input))`` and
 the batch's target (the input itself for autoencoding data, the clean image for paired data).
-Stage 3 differs only in where its decoder starts (:func:`starting_decoder`): from what stage 2 left.
+Stage 3 differs only in where its decoder starts (:func:`starting_decoder`): from what stage 2 left, handed over
+as a :class:`StudentDecoderStart` (the distiller builds it; this module does not know the distiller).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..core.errors import CDCompressError
 from ..data.batches import Batch
-from ..surgery.embed import branch_key
-from ..surgery.modules import EncoderDecoderPair, freeze, reinitialize
+from ..surgery.modules import freeze, reinitialize
 from .losses import FeatureExtractor, reconstruction_terms, total
 from .settings import DECODER_INITS
 from .trainer import TrainConfig, Trainer, TrainResult
-
-if TYPE_CHECKING:
-    from .distiller import Distiller
 
 
 class DecoderTask:
@@ -98,45 +95,35 @@ def train_decoder(
     return Trainer(task, data, config, run_dir, held_out).fit(resume=resume)
 
 
-def train_student_decoder(
-    distiller: Distiller,
-    data: object,
-    config: TrainConfig,
-    init: str = "pruned",
-    lambda_p: float = 1.0,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    name: str = "decoder",
-    held_out: Sequence[torch.Tensor | Batch] = (),
-) -> tuple[nn.Module, TrainResult]:
-    """Stage 3: a small decoder for the frozen student, started as :func:`starting_decoder` says and judged,
-    as in stage 1, by pixel + perceptual loss on the teacher's features (the teacher pair shown in samples)."""
-    decoder = starting_decoder(distiller, init)
-    reference = EncoderDecoderPair(distiller.teacher, distiller.collaborator)
-    result = train_decoder(name, distiller.deployable(), decoder, data, config, distiller.teacher,
-                           distiller.perceptual.taps, lambda_p, run_dir, resume, reference, held_out)
-    distiller.trained_decoder = decoder  # what distiller.save() writes by default
-    return decoder, result
+@dataclass(frozen=True)
+class StudentDecoderStart:
+    """What stage 3 needs from stage 2 to start a decoder for the student, and no more."""
+
+    slimmed: nn.Module  # the collaborator slimmed with the student (the ``pruned`` start)
+    collaborator: nn.Module  # the full collaborator, whose first conv ``folded`` composes with Q
+    output_branch: nn.Module | None  # Q at the encoder's output when that is one feature map, else None
+    kept: Mapping[str, list[int]]  # per slimmed layer, the collaborator's filters kept (``SlimResult.kept``)
+    seed: int  # the ``random`` start draws from a generator seeded with it
 
 
-def starting_decoder(distiller: Distiller, init: str = "pruned") -> nn.Module:
+def starting_decoder(start: StudentDecoderStart, init: str = "pruned") -> nn.Module:
     """Stage 3's trainable starting point: the slimmed collaborator (``pruned``), the same with the trained output
     branch Q folded into its first conv (``folded``, VGG pairs), or re-initialised (``random``)."""
     if init not in DECODER_INITS:
         raise CDCompressError(f"decoder init must be one of {', '.join(DECODER_INITS)}, got {init!r}")
-    decoder = copy.deepcopy(distiller.decoder_init)
-    if init == "random":  # drawn on the CPU from the distiller's seed: torch's global RNG is neither read nor advanced
+    decoder = copy.deepcopy(start.slimmed)
+    if init == "random":  # drawn on the CPU from the start's seed: torch's global RNG is neither read nor advanced
         device = next(decoder.parameters()).device
-        reinitialize(decoder.cpu(), torch.Generator().manual_seed(distiller.seed)).to(device)
+        reinitialize(decoder.cpu(), torch.Generator().manual_seed(start.seed)).to(device)
     elif init == "folded":
-        fold_output_branch(distiller, decoder)
+        fold_output_branch(start, decoder)
     for p in decoder.parameters():
         p.requires_grad_(True)
     return decoder
 
 
 @torch.no_grad()
-def fold_output_branch(distiller: Distiller, decoder: nn.Module) -> nn.Module:
+def fold_output_branch(start: StudentDecoderStart, decoder: nn.Module) -> nn.Module:
     """Give ``decoder``'s first conv the collaborator's first conv composed with the output branch Q.
 
     Stage 2 trained Q so that the collaborator decodes Q·F'; the slimmed decoder's first conv instead reads
@@ -145,15 +132,13 @@ def fold_output_branch(distiller: Distiller, decoder: nn.Module) -> nn.Module:
     layer's kept channels exactly the collaborator's on Q·F', so stage 3 starts from a working decoder."""
     from ..models.vgg import VGGDecoder
 
-    collaborator = distiller.collaborator
-    if not (isinstance(decoder, VGGDecoder) and isinstance(collaborator, VGGDecoder)
-            and isinstance(distiller.template, str)):
+    collaborator, branch = start.collaborator, start.output_branch
+    if not (isinstance(decoder, VGGDecoder) and isinstance(collaborator, VGGDecoder) and branch is not None):
         raise CDCompressError("decoder init 'folded' needs a VGG encoder/decoder pair (one feature-map output); "
                               "use init 'pruned' for other pairs")
     first = decoder.plan[0]
     small, full = getattr(decoder, first), getattr(collaborator, first)
-    branch = distiller.branches[branch_key(distiller.template)]
-    kept = distiller.slimmed.kept.get(f"decoder.{first}", list(range(full.out_channels)))
+    kept = start.kept.get(f"decoder.{first}", list(range(full.out_channels)))
     weight = full.weight[kept]  # [out', C, k, k]
     q = branch.weight[:, :, 0, 0]  # [C, C']
     small.weight.copy_(torch.einsum("ocij,cd->odij", weight, q))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import CDCompressError
+from ..core.registry import OBJECTIVES, build, split_reference
 from ..data.batches import Batch, as_batch
 from ..surgery.drop_in import DropInEncoder, drop_in
 from ..surgery.drop_in import Form as DropInForm
@@ -35,13 +36,13 @@ from ..surgery.embed import (
     io_channels,
     is_token_feature,
 )
-from ..surgery.modules import freeze, reinitialize
+from ..surgery.modules import EncoderDecoderPair, freeze, reinitialize
 from ..surgery.slim import Slimmer, Slimming, SlimResult, WidthSpec, resolve_importance, slim_pair, vgg_mirror_widths
 from .branch_init import fit_branches
-from .decoder import train_student_decoder
+from .decoder import StudentDecoderStart, starting_decoder, train_decoder
 from .distributed import from_main, is_main
 from .losses import FeatureExtractor, total
-from .objectives import Objective, ObjectiveContext, resolve_objective
+from .objectives import Objective, ObjectiveContext
 from .trainer import TrainConfig, Trainer, TrainResult
 
 
@@ -76,7 +77,7 @@ class Distiller:
         self.beta = beta
         self.example_shape = example_shape
         self.seed = seed  # stage 3's random decoder init draws from a generator seeded with it
-        self.trained_decoder: nn.Module | None = None  # set by train_decoder (stage 3); what save() writes
+        self.trained_decoder: nn.Module | None = None  # set by fit_decoder (stage 3); what save_student() writes
         self._optimizer_state: Mapping[torch.Tensor, dict] = {}  # the last fit's, continued by the next (fit)
         self.init_branches = True  # False keeps the random Q (torch's default init); see prepare()
         self.latent = False  # a latent interface (Slimming(latent=True)): output branches are the frozen identity
@@ -181,9 +182,34 @@ class Distiller:
             module.to(device)
         return self
 
-    #: Stage 3 for this student, returning ``(decoder, result)``: ``distiller.train_decoder(data, config, init=...)``
-    #: is :func:`cdcompress.distill.decoder.train_student_decoder` with this distiller first.
-    train_decoder = train_student_decoder
+    def fit_decoder(
+        self,
+        data: object,
+        config: TrainConfig,
+        init: str = "pruned",
+        lambda_p: float = 1.0,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        name: str = "decoder",
+        held_out: Sequence[torch.Tensor | Batch] = (),
+    ) -> tuple[nn.Module, TrainResult]:
+        """Stage 3: a small decoder for the frozen student, started as ``init`` says (``pruned`` | ``folded`` |
+        ``random``, see :func:`~cdcompress.distill.decoder.starting_decoder`) and judged, as in stage 1, by pixel +
+        perceptual loss on the teacher's features (the teacher pair shown in samples). Returns ``(decoder, result)``;
+        the decoder is also what :meth:`save_student` writes by default."""
+        decoder = starting_decoder(self.decoder_start(), init)
+        reference = EncoderDecoderPair(self.teacher, self.collaborator)
+        result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher, self.perceptual.taps,
+                               lambda_p, run_dir, resume, reference, held_out)
+        self.trained_decoder = decoder
+        return decoder, result
+
+    def decoder_start(self) -> StudentDecoderStart:
+        """What stage 3 starts a decoder from: the slimmed collaborator, the collaborator and the output Q."""
+        single = isinstance(self.template, str)
+        return StudentDecoderStart(self.decoder_init, self.collaborator,
+                                   self.branches[branch_key(self.template)] if single else None,
+                                   self.slimmed.kept, self.seed)
 
     def deployable(self) -> nn.Module:
         """The student encoder alone: no branches, no hooks, frozen copy."""
@@ -205,7 +231,7 @@ class Distiller:
 
     def save_drop_in(self, path: str | Path, form: DropInForm = "auto", overwrite: bool = False) -> Path:
         """Write the drop-in student with the teacher's ORIGINAL decoder as a model directory (same families as
-        :meth:`save`; a module-family directory records that its decoder is the teacher's, unslimmed)."""
+        :meth:`save_student`; a module-family directory records that its decoder is the teacher's, unslimmed)."""
         from ..models.format import CDModel, save, save_pair
         from ..models.vgg import VGGDecoder, VGGEncoder
 
@@ -219,10 +245,10 @@ class Distiller:
         return save_pair(encoder, decoder, path, teacher=(self.teacher, self.collaborator), widths=widths,
                          example_shape=self.example_shape, meta=meta, overwrite=overwrite, teacher_decoder=True)
 
-    def save(self, path: str | Path, decoder: nn.Module | None = None, overwrite: bool = False) -> Path:
+    def save_student(self, path: str | Path, decoder: nn.Module | None = None, overwrite: bool = False) -> Path:
         """Write the student and its decoder as a model directory.
 
-        The decoder is ``decoder`` when given, else the one this distiller's :meth:`train_decoder` (stage 3)
+        The decoder is ``decoder`` when given, else the one this distiller's :meth:`fit_decoder` (stage 3)
         trained; with neither, saving is refused: the slimmed collaborator (``decoder_init``) was never trained
         for this student, so a saved model would decode garbage (pass ``decoder=distiller.decoder_init`` to save
         that untrained starting point on purpose). A VGG pair is saved in the ``vgg`` family (with its embedding
@@ -233,7 +259,7 @@ class Distiller:
 
         decoder = decoder if decoder is not None else self.trained_decoder
         if decoder is None:
-            raise CDCompressError("Distiller.save: no trained decoder for the student; run distiller.train_decoder(...) "
+            raise CDCompressError("Distiller.save_student: no trained decoder for the student; run distiller.fit_decoder(...) "
                                   "(stage 3) first or pass decoder=... (decoder=distiller.decoder_init saves it untrained)")
         decoder = freeze(copy.deepcopy(decoder))
         encoder = self.deployable()
@@ -366,13 +392,25 @@ def _cut_to_budget(teacher: nn.Module, collab: nn.Module, channels: int, slimmin
 
     Under several processes, rank 0's widths are used everywhere: a latency measurement differs between processes,
     and every replica must have the same architecture."""
-    from ..budget.search import find_widths
+    from .width_search import find_widths
 
     search = from_main(find_widths(teacher, collab, channels, cut, slimming.target, slimming.calibration, mirror)
                        if is_main() else None)
     slimmed = cut(search.widths)
     slimmed.budget = search
     return slimmed
+
+
+def resolve_objective(objective: str | Mapping[str, Any] | Objective | None, options: Mapping[str, Any]) -> Objective | None:
+    """A registered objective by name or ``{name, kwargs}`` (``options`` added to its kwargs), or the caller's own."""
+    if objective is None:
+        return None
+    if callable(objective):
+        if options:
+            raise CDCompressError(f"objective options {sorted(options)} configure a named objective, not a callable")
+        return objective
+    name, kwargs = split_reference(objective)
+    return build(OBJECTIVES, {"name": name, "kwargs": {**kwargs, **options}})
 
 
 def apply(
@@ -382,7 +420,7 @@ def apply(
     slim: WidthSpec | Slimmer | Slimming = 0.5,
     objective: str | Mapping[str, Any] | Objective | None = "reconstruction",
     taps: str | Sequence[str] | None = "auto",
-    beta: float = 10.0,
+    beta: float = 1.0,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     seed: int = 0,
     **objective_options: Any,
@@ -396,7 +434,9 @@ def apply(
     ``(ObjectiveContext) -> {term: loss}``; further keywords (``lambda_p``, ``lambda_s``,
     ``perceptual_taps``) configure a named objective. ``taps``: submodule names that get embedding
     branches, ``"auto"`` (the last activation before each downsampling) or ``None``; every encoder
-    output always gets one. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
+    output always gets one. ``beta`` weighs the embedding loss against the collaborator's: 1 (equal weighting)
+    is what our recipes measured best at CPU budgets (docs/reproduction_wct_baselines.md); the authors' script has
+    10, which the same study found worse there. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
     slimming and the branch initialisation through a generator of its own (a :class:`~cdcompress.surgery.slim.Slimming`
     passed as ``slim`` keeps its own seed for the importance criterion): torch's global RNG is neither read,
     advanced nor reseeded. The caller's modules are copied, never changed.

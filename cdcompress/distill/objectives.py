@@ -7,7 +7,7 @@ the embedding loss alone, the KD baseline) and plugins can add their own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.errors import CDCompressError
-from ..core.registry import OBJECTIVES, build, split_reference
+from ..core.registry import OBJECTIVES
 from ..surgery.embed import OUTPUT
 from .losses import FeatureExtractor, adain, reconstruction_terms, style_transfer_terms
 
@@ -42,6 +42,7 @@ class ObjectiveContext:
 Objective = Callable[[ObjectiveContext], dict[str, torch.Tensor]]
 
 
+@OBJECTIVES.register("reconstruction")
 class ReconstructionObjective:
     """The paper's WCT case: the collaborator must produce the target from Q·F' (pixel + λp·perceptual)."""
 
@@ -57,6 +58,7 @@ class ReconstructionObjective:
         return reconstruction_terms(output, ctx.target, ctx.perceptual, self.lambda_p)
 
 
+@OBJECTIVES.register("style-transfer")
 class StyleTransferObjective:
     """AdaIN: batches are [content; style]; the collaborator decodes AdaIN(Q·F'_c, Q·F'_s) and is
     judged by content (to the AdaIN target) and style (feature mean/std) losses on teacher features."""
@@ -77,8 +79,6 @@ class StyleTransferObjective:
         return style_transfer_terms(out_features, target, style_features, OUTPUT, self.lambda_s)
 
 
-OBJECTIVES.register("reconstruction")(ReconstructionObjective)
-OBJECTIVES.register("style-transfer")(StyleTransferObjective)
 
 
 @OBJECTIVES.register("feature-kd")
@@ -86,14 +86,3 @@ def feature_kd() -> None:
     """The KD baseline: no collaborator term, the embedding loss alone. It takes no options, so a recipe or
     ``apply`` call that passes one (``lambda_p``, say) is told so instead of having it silently ignored."""
     return None
-
-
-def resolve_objective(objective: str | Mapping[str, Any] | Objective | None, options: Mapping[str, Any]) -> Objective | None:
-    if objective is None:
-        return None
-    if callable(objective):
-        if options:
-            raise CDCompressError(f"objective options {sorted(options)} configure a named objective, not a callable")
-        return objective
-    name, kwargs = split_reference(objective)
-    return build(OBJECTIVES, {"name": name, "kwargs": {**kwargs, **options}})

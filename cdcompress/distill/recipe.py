@@ -14,13 +14,13 @@ import difflib
 import os
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..core.errors import CDCompressError, short_repr
-from ..core.registry import DATA_SOURCES, IMPORTANCES, OBJECTIVES, TEACHER_SOURCES, RegistryError
+from ..core.errors import CDCompressError, RegistryError, short_repr
+from ..core.registry import DATA_SOURCES, IMPORTANCES, OBJECTIVES, TEACHER_SOURCES
 from .settings import (
     AMP_MODES,
     DECODER_INITS,
@@ -64,6 +64,11 @@ def _registered(registry: Any, value: Any) -> Any:
     return value
 
 
+def registered_in(registry: Any) -> AfterValidator:
+    """A field validator: the value names a plug-in of ``registry`` (a name or ``{name, kwargs}``)."""
+    return AfterValidator(lambda value: _registered(registry, value))
+
+
 def plugin_reference(value: PluginRef) -> str | dict[str, Any]:
     """A validated reference as :func:`cdcompress.core.registry.split_reference` reads it."""
     return value if isinstance(value, str) else value.model_dump()
@@ -72,18 +77,13 @@ def plugin_reference(value: PluginRef) -> str | dict[str, Any]:
 class TeacherSpec(_Strict):
     """Where the teacher (and possibly its decoders) come from: a registered teacher source."""
 
-    source: str = Field(description="model | wct-vgg19 | wct-pytorch | cd-release | torchvision | builtin | import | "
-                                    "a registered user source")
+    source: Annotated[str, registered_in(TEACHER_SOURCES)] = Field(
+        description="model | wct-vgg19 | wct-pytorch | cd-release | torchvision | builtin | import | a registered user source")
     path: str = Field(description="model dir | WCT folder or auto | release dir | torchvision .pth | builtin name | "
                                   "package.module:callable")
     variant: Literal["student", "base"] = "student"
     pretrained: Literal["auto", "none"] = "auto"
     kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("source")
-    @classmethod
-    def _source_registered(cls, value: str) -> str:
-        return _registered(TEACHER_SOURCES, value)
 
 
 class CollaboratorSpec(_Strict):
@@ -95,14 +95,14 @@ class CollaboratorSpec(_Strict):
 class StudentSpec(_Strict):
     width: Width = 0.25
     level_width: dict[int, dict[str, float | int]] = Field(default_factory=dict)
-    importance: PluginRef = "l1"
+    importance: Annotated[PluginRef, registered_in(IMPORTANCES)] = "l1"
     round_to: int = Field(1, ge=1)
     init: Literal["pruned", "random"] = "pruned"
     keep: list[str] = Field(default_factory=list)
     latent: bool = Field(False, description="keep the encoder's outputs at the teacher's width (a latent interface): "
                                             "their layers are not slimmed and their branches are the frozen identity")
     target: dict[str, Any] | None = Field(
-        None, description="a budget instead of a width (cdcompress.budget.spec.Budget's fields): the widths are searched to "
+        None, description="a budget instead of a width (cdcompress.core.budget.Budget's fields): the widths are searched to "
                           "meet it (width and level_width are then not used), e.g. {macs: '50%', size: 512} or "
                           "{latency_ms: 40, runtime: bundle}")
     drop_in: Literal["off", "auto", "folded", "appended"] = Field(
@@ -119,7 +119,7 @@ class StudentSpec(_Strict):
     @classmethod
     def _target_is_a_budget(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         """The Budget's own rules (torch-free), so a recipe refuses exactly what the Python API refuses."""
-        from ..budget.spec import Budget, BudgetError
+        from ..core.budget import Budget, BudgetError
 
         if value is not None:
             try:
@@ -127,11 +127,6 @@ class StudentSpec(_Strict):
             except BudgetError as exc:
                 raise ValueError(str(exc).removeprefix("budget: ")) from None
         return value
-
-    @field_validator("importance")
-    @classmethod
-    def _importance_registered(cls, value: PluginRef) -> PluginRef:
-        return _registered(IMPORTANCES, value)
 
     @field_validator("width")
     @classmethod
@@ -149,7 +144,7 @@ class EmbedSpec(_Strict):
     student to teacher features on the first training batch; ``random``: torch's default init)."""
 
     taps: Literal["level", "auto", "none"] | list[str] = "level"
-    beta: float = Field(10.0, ge=0)
+    beta: float = Field(1.0, ge=0)  # as apply(): equal weighting, measured best at our budgets
     init: Literal["lstsq", "random"] = "lstsq"
 
 
@@ -157,20 +152,15 @@ class ObjectiveSpec(_Strict):
     """A registered objective (``reconstruction``, ``style-transfer``, ``feature-kd`` or a user's) and its options:
     ``lambda_p``/``lambda_s``/``perceptual_taps`` reach the objectives that take them, ``kwargs`` a user's."""
 
-    kind: str = "reconstruction"
+    kind: Annotated[str, registered_in(OBJECTIVES)] = "reconstruction"
     lambda_p: float = Field(1.0, ge=0)
     lambda_s: float = Field(10.0, ge=0)
     perceptual_taps: list[str] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("kind")
-    @classmethod
-    def _kind_registered(cls, value: str) -> str:
-        return _registered(OBJECTIVES, value)
-
 
 class DataSpec(_Strict):
-    source: PluginRef = "images"
+    source: Annotated[PluginRef, registered_in(DATA_SOURCES)] = "images"
     train: list[str] = Field(min_length=1)
     style: list[str] = Field(default_factory=list)
     eval: list[str] = Field(default_factory=list)
@@ -178,11 +168,6 @@ class DataSpec(_Strict):
     crop: int = Field(256, gt=0)
     workers: int = Field(0, **bound("workers"))
     eval_size: int = Field(512, gt=0)
-
-    @field_validator("source")
-    @classmethod
-    def _source_registered(cls, value: PluginRef) -> PluginRef:
-        return _registered(DATA_SOURCES, value)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataSpec:

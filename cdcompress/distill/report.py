@@ -18,10 +18,10 @@ from ..data.images import center_square, save_image
 from ..evaluation.metrics import psnr, ssim
 from ..models.format import CDModel
 from ..surgery.modules import EncoderDecoderPair, count_parameters
+from .context import ReportContext
 
 if TYPE_CHECKING:
     from .distiller import Distiller
-    from .run import RecipeRun
     from .teachers import Teacher
 
 
@@ -138,7 +138,7 @@ def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher
     return save_image(torch.cat([r[..., :width] for r in rows], dim=-2), out)
 
 
-def write_outputs(run: RecipeRun, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],
+def write_outputs(run: ReportContext, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],
                   distillers: dict[int, Distiller]) -> dict[str, Any]:
     recipe, run_dir = run.recipe, run.run_dir
     device = torch.device(recipe.device)

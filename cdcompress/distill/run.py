@@ -22,8 +22,9 @@ import torch
 
 from ..core.device import resolve_device
 from ..core.errors import CDCompressError
-from ..core.registry import build
-from ..data.batches import DATA_SOURCES, image_paths, resize_shorter, skimage_photos
+from ..core.registry import DATA_SOURCES, build
+from ..data import noisy  # noqa: F401  (registers the noisy-pairs data source)
+from ..data.batches import image_paths, resize_shorter, skimage_photos
 from ..data.images import crop_to_multiple, load_image
 from ..models.converters import wct_levels
 from ..models.format import CDModel, save, spec_levels
@@ -159,7 +160,7 @@ class RecipeRun:
             return
         for level, distiller in distillers.items():
             name = "student" if len(distillers) == 1 else f"student_L{level}"
-            distiller.save(self.run_dir / name, decoder=student.decoders[level], overwrite=True)
+            distiller.save_student(self.run_dir / name, decoder=student.decoders[level], overwrite=True)
             if form != "off":
                 distiller.save_drop_in(self.run_dir / name.replace("student", "drop_in"), form, overwrite=True)
 

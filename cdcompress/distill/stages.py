@@ -2,37 +2,35 @@
 
 Each stage reads what the stages before it left in the level's :class:`LevelState` and adds its own
 product: stage 1 the collaborator (the teacher's own decoder, or one trained for it), stage 2 the
-distilled student (``apply`` + ``Distiller.fit``), stage 3 the student's decoder. The run
-(:class:`~cdcompress.distill.run.RecipeRun`) lends them the data, the held-out images, the timing and
-the notes, so a stage holds only its own decisions.
+distilled student (``apply`` + ``Distiller.fit``), stage 3 the student's decoder. The run lends them the data,
+the held-out images, the timing and the notes through :class:`~cdcompress.distill.context.StageContext` (the narrow
+view :class:`~cdcompress.distill.run.RecipeRun` provides), so a stage holds only its own decisions.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..core.device import module_device, resolve_device
 from ..core.errors import CDCompressError
-from ..core.registry import accepted
+from ..core.registry import OBJECTIVES
+from ..core.user_code import accepted
 from ..data.batches import as_batch, batches
 from ..evaluation.metrics import reconstruction_psnr
 from ..models.vgg import VGGDecoder, VGGEncoder, VGGSpec, level_taps
 from ..surgery.embed import flatten_outputs
 from ..surgery.modules import freeze
 from ..surgery.slim import Slimming, needs_gradients
-from .decoder import train_decoder, train_student_decoder
+from .context import StageContext
+from .decoder import train_decoder
 from .distiller import Distiller, apply
-from .objectives import OBJECTIVES
 from .recipe import Recipe, StageSpec, plugin_reference
 from .teachers import Teacher
-
-if TYPE_CHECKING:
-    from .run import RecipeRun
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ class Stage(Protocol):
 
     key: str
 
-    def run(self, run: RecipeRun, state: LevelState) -> None: ...
+    def run(self, run: StageContext, state: LevelState) -> None: ...
 
 
 class CollaboratorStage:
@@ -61,11 +59,11 @@ class CollaboratorStage:
 
     key = "collaborator"
 
-    def run(self, run: RecipeRun, state: LevelState) -> None:
+    def run(self, run: StageContext, state: LevelState) -> None:
         state.collaborator = self.collaborator(run, state)
         self.check(run, state)
 
-    def collaborator(self, run: RecipeRun, state: LevelState) -> nn.Module:
+    def collaborator(self, run: StageContext, state: LevelState) -> nn.Module:
         recipe, teacher, level = run.recipe, state.teacher, state.level
         if recipe.collaborator.source == "teacher":
             if teacher.decoder is None:
@@ -87,7 +85,7 @@ class CollaboratorStage:
                 refit_decoder_output(run, level, "collaborator", teacher.encoder, decoder, stage.batch)
         return freeze(decoder)
 
-    def check(self, run: RecipeRun, state: LevelState) -> None:
+    def check(self, run: StageContext, state: LevelState) -> None:
         """Distilling against an untrained decoder teaches the student nothing: measure it before stage 2."""
         recipe, level = run.recipe, state.level
         floor = recipe.collaborator.min_psnr
@@ -113,7 +111,7 @@ class DistillStage:
 
     key = "distill"
 
-    def run(self, run: RecipeRun, state: LevelState) -> None:
+    def run(self, run: StageContext, state: LevelState) -> None:
         recipe, level = run.recipe, state.level
         note_pruned_teacher(run, state)
         distiller = state.distiller = self.prepare(run, state)
@@ -128,7 +126,7 @@ class DistillStage:
         with run.timed(distiller.name):
             distiller.fit(sampler, run.config(stage), run.run_dir, run.resume, held_out=run.curve_images())
 
-    def prepare(self, run: RecipeRun, state: LevelState) -> Distiller:
+    def prepare(self, run: StageContext, state: LevelState) -> Distiller:
         """``apply()`` with the recipe's student, embedding and objective settings (no training yet)."""
         recipe, encoder, level = run.recipe, state.teacher.encoder, state.level
         if state.collaborator is None:
@@ -163,7 +161,7 @@ class DecoderStage:
 
     key = "decoder"
 
-    def run(self, run: RecipeRun, state: LevelState) -> None:
+    def run(self, run: StageContext, state: LevelState) -> None:
         recipe, level, distiller = run.recipe, state.level, state.distiller
         stage = recipe.stages.decoder
         if not stage.enabled:
@@ -176,8 +174,8 @@ class DecoderStage:
             run.note(f"level {level}: stage 2 disabled, so the stage-3 decoder starts pruned, not folded")
         name = f"decoder_L{level}"
         with run.timed(name):
-            decoder, _ = train_student_decoder(distiller, run.sampler(run.train_paths, stage.batch, 4), run.config(stage),
-                                               init, stage_lambda(stage, recipe), run.run_dir, run.resume, name=name,
+            decoder, _ = distiller.fit_decoder(run.sampler(run.train_paths, stage.batch, 4), run.config(stage), init,
+                                               stage_lambda(stage, recipe), run.run_dir, run.resume, name=name,
                                                held_out=run.curve_images())
             if stage.refit_output:
                 refit_decoder_output(run, level, "student decoder", distiller.deployable(), decoder, stage.batch)
@@ -188,7 +186,7 @@ class DecoderStage:
 REFIT_IMAGES = 64
 
 
-def refit_decoder_output(run: RecipeRun, level: int, what: str, encoder: nn.Module, decoder: nn.Module,
+def refit_decoder_output(run: StageContext, level: int, what: str, encoder: nn.Module, decoder: nn.Module,
                          batch: int) -> None:
     """A decoder stage's optional finish: the output conv set to its least-squares optimum for the frozen encoder and
     the trained layers before it (Adam is far from it on VGG features at CPU budgets: docs/reproduction_wct.md)."""
@@ -252,7 +250,7 @@ def stage_lambda(stage: StageSpec, recipe: Recipe) -> float:
     return recipe.objective.lambda_p if stage.lambda_p is None else stage.lambda_p
 
 
-def note_pruned_teacher(run: RecipeRun, state: LevelState) -> None:
+def note_pruned_teacher(run: StageContext, state: LevelState) -> None:
     """A teacher narrower than VGG-19 is already a student: compressing it again compounds the loss."""
     encoder = state.teacher.encoder
     spec = getattr(encoder, "spec", None)

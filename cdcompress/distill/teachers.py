@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..core.errors import CDCompressError
-from ..core.registry import TEACHER_SOURCES, accepted, import_callable
+from ..core.registry import TEACHER_SOURCES
+from ..core.user_code import accepted, import_callable
 from ..models.converters import convert_cd_release, convert_torchvision, convert_wct_pytorch, teacher_architecture
 from ..models.format import load
 from ..models.resolve import resolve_model

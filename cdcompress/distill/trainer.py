@@ -9,7 +9,6 @@ step (see :mod:`cdcompress.data.batches`), so an interrupted run continues to bi
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import numbers
@@ -33,6 +32,7 @@ from ..data.images import save_image
 from ..evaluation.metrics import mean_psnr
 from . import distributed
 from .losses import detach_terms
+from .run_log import RunLog
 from .settings import AMP_MODES, LOWER_BOUNDS, OPTIMIZERS, SCHEDULES, SYNC_BATCHNORM, bound_problem, device_problem
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16" and self.device.type == "cuda")
         self._amp = autocast_applies(config.amp, self.device)
         self._parallel: nn.Module | None = None  # the DDP-wrapped loss computation while a distributed fit runs
+        self.run_log = RunLog(self.run_dir, task.name)  # metrics.jsonl and, with tensorboard installed, event files
 
     def continue_optimizer(self, state: Mapping[torch.Tensor, dict]) -> None:
         """Start from an earlier trainer's per-parameter optimiser state (Adam's moments and step counts).
@@ -265,6 +266,7 @@ class Trainer:
         over processes (``sync_batchnorm``), for this stage only."""
         self._prepare(resume)
         with ExitStack() as stack:
+            stack.callback(self.run_log.close)  # event files flushed and closed however the stage ends
             if self.device.type == "cpu":
                 stack.enter_context(retained_heap())
             if distributed.world_size() > 1:
@@ -290,7 +292,7 @@ class Trainer:
 
     def _fit(self, resume: bool) -> TrainResult:
         start = self.load_latest_checkpoint() if resume else 0
-        self._trim_metrics(start)
+        self.run_log.begin(start)
         history: list[dict] = []
         curve: list[dict] = []  # held-out PSNR records (config.eval_every)
         began = time.perf_counter()
@@ -309,7 +311,7 @@ class Trainer:
                 record = {"stage": self.task.name, "step": done, "lr": self.scheduler.get_last_lr()[0],
                           "time": round(time.perf_counter() - began, 3), **terms}
                 history.append(record)
-                self._append_metrics(record)
+                self.run_log.record(record)
                 bar.set_postfix(loss=f"{terms['total']:.4g}")
             if self.config.sample_every and done % self.config.sample_every == 0:
                 self.write_samples(batch, done)
@@ -383,7 +385,7 @@ class Trainer:
         self.task.set_train(True)
         record = {"stage": self.task.name, "step": step, "heldout/psnr": round(score, 4)}
         curve.append(record)
-        self._append_metrics(record)
+        self.run_log.record(record)
 
     def write_samples(self, batch: Batch, step: int) -> Path | None:
         """A PNG grid: one row per sample image, one column per view the task shows."""
@@ -395,23 +397,8 @@ class Trainer:
         self.task.set_train(True)
         rows = torch.cat([torch.cat([c[i : i + 1].float().cpu().clamp(0, 1) for c in columns], dim=-1)
                           for i in range(columns[0].shape[0])], dim=-2)
+        self.run_log.image(rows[0], step)
         return save_image(rows, self.run_dir / "samples" / f"{self.task.name}_step{step:07d}.png")
-
-    def _append_metrics(self, record: dict) -> None:
-        if self.run_dir is None or not distributed.is_main():
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def _trim_metrics(self, start: int) -> None:
-        """Drop this stage's records past the resume point (the interrupted run's tail)."""
-        if self.run_dir is None or not distributed.is_main() or not (self.run_dir / "metrics.jsonl").is_file():
-            return
-        path = self.run_dir / "metrics.jsonl"
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and not _is_later(json.loads(line), self.task.name, start)]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _check_state(module: nn.Module, state: dict) -> None:
@@ -448,8 +435,3 @@ def autocast_applies(amp: str, device: torch.device) -> bool:
 def _channels_last(batch: Batch) -> Batch:
     image = batch.input.contiguous(memory_format=torch.channels_last)
     return Batch(image, image if not batch.paired else batch.target.contiguous(memory_format=torch.channels_last))
-
-
-def _is_later(record: dict, stage: str, step: int) -> bool:
-    return record.get("stage") == stage and int(record.get("step", 0)) > step
-

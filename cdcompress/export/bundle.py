@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from .onnx import (
 from .profiles import ExportProfile, load_profile
 from .runtime import make_session
 
+log = logging.getLogger(__name__)
+
 #: Inputs per graph for fixed-shape exports, which have only one size to check.
 FIXED_SHAPE_CASES = 3
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy")
@@ -59,14 +62,17 @@ class ExportResult:
 
 def export_bundle(model: CDModel, out: str | Path, profile: ExportProfile | str | None = None,
                   levels: Sequence[int] | None = None, *, model_ref: str = "", model_dir: Path | None = None,
-                  tensorrt: bool = False, overwrite: bool = False, echo: Callable[[str], None] = print,
+                  tensorrt: bool = False, overwrite: bool = False, echo: Callable[[str], None] | None = None,
                   progress: bool = True) -> ExportResult:
     """Export, verify and (optionally) build engines for ``levels`` of ``model`` into bundle ``out``.
 
     ``profile``: an :class:`ExportProfile` or a profile name/path (default ``onnx-dynamic``). A
     ``module``-family model (any encoder-decoder pair) exports as ``enc1``/``dec1`` graphs.
-    Raises :class:`ExportError` (and writes nothing) when any graph misses the profile's tolerance.
+    Raises :class:`ExportError` (and writes nothing) when any graph misses the profile's tolerance. The parity
+    table goes to ``echo`` (the CLI passes ``click.echo``), else to this module's logger at INFO: library code
+    does not print.
     """
+    echo = echo or log.info
     if not isinstance(profile, ExportProfile):
         profile = load_profile(profile or "onnx-dynamic")
     out = Path(out)

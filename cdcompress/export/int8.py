@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +186,15 @@ class Int8Result:
 
 def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path | None = None,
                     held_out: str | Path | None = None, gate: QualityGate | None = None, overwrite: bool = False,
-                    echo: Any = print, calibration_limit: int = 16) -> Int8Result:
+                    echo: Callable[[str], None] | None = None, calibration_limit: int = 16) -> Int8Result:
     """Write an int8 copy of the float32 VGG-family ``bundle`` to ``out``, or raise when it fails the gate.
 
     ``calibration``: a folder of photos (default scikit-image's bundled photos but their last two);
-    ``held_out``: photos the gate judges on (default those last two), never used for calibration."""
+    ``held_out``: photos the gate judges on (default those last two), never used for calibration. The quality table
+    goes to ``echo`` (the CLI's ``click.echo``), else to this module's logger: library code does not print."""
     from .runtime import make_session
 
+    echo = echo or log.info
     gate = gate or QualityGate()
     source, out = Path(bundle), Path(out)
     manifest = read_manifest(source)

@@ -30,7 +30,7 @@ from ..core.errors import CheckpointError
 from ..surgery.embed import EmbeddingBranches
 from .checkpoint import load_weights, read_state_dict
 from .format import CDModel
-from .resolve import RELEASE_VARIANTS
+from .release import RELEASE_VARIANTS
 from .vgg import LEVELS, VGGDecoder, VGGEncoder, VGGSpec, conv_names
 
 _CONV_KEY = re.compile(r"^conv(\d)(\d)\.weight$")

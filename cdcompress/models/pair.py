@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelFormatError
-from ..core.registry import ARCHITECTURE_TAG, ARCHITECTURES
+from ..core.provenance import ARCHITECTURE_TAG
+from ..core.registry import ARCHITECTURES
 from ..surgery.slim import slim_pair
+from . import resae, unet  # noqa: F401  (the built-in architectures register on import)
 
 MODULE_FAMILY = "module"
 ROLES = ("encoder", "decoder")

@@ -108,16 +108,6 @@ class ResDecoder(nn.Module):
         return self.head(self.act_out(self.norm_out(x)))
 
 
-@ARCHITECTURES.register("resae-encoder")
-def resae_encoder(**kwargs: object) -> ResEncoder:
-    """Registered factory; no arguments give the default teacher's shapes."""
-    return ResEncoder(**kwargs)  # type: ignore[arg-type]
-
-
-@ARCHITECTURES.register("resae-decoder")
-def resae_decoder(**kwargs: object) -> ResDecoder:
-    """Registered factory; no arguments give the default teacher's shapes."""
-    return ResDecoder(**kwargs)  # type: ignore[arg-type]
 
 
 def fit_autoencoder(encoder: nn.Module, decoder: nn.Module, batches: Sequence[torch.Tensor], lr: float = 2e-3,
@@ -141,3 +131,9 @@ def fit_autoencoder(encoder: nn.Module, decoder: nn.Module, batches: Sequence[to
         losses.append(float(loss.detach()))
     encoder.eval(), decoder.eval()
     return losses
+
+
+#: The registered built-ins (``resae-encoder`` / ``resae-decoder``; no arguments give the teacher's default shapes):
+#: what they build remembers the name and kwargs, so a saved student names its teacher's factory.
+resae_encoder = ARCHITECTURES.add("resae-encoder", ResEncoder)
+resae_decoder = ARCHITECTURES.add("resae-decoder", ResDecoder)

@@ -18,11 +18,6 @@ if TYPE_CHECKING:
     from .format import CDModel
 
 _STUDENT = re.compile(r"^vgg19-x(0?\.\d+|1(\.0+)?)$")
-#: The paper's released file names per variant: (encoder pattern, decoder pattern) (``convert --from cd-release``).
-RELEASE_VARIANTS: dict[str, tuple[str, str]] = {
-    "student": ("se{k}.pth", "sd{k}.pth"),
-    "base": ("e{k}_base.pth", "d{k}_base.pth"),
-}
 BUILTIN_HELP = "built-ins: vgg19 (teacher), vgg19-x<ratio> (e.g. vgg19-x0.25, per-level students)"
 
 

@@ -125,13 +125,7 @@ class UNetDecoder(nn.Module):
         return self.head(x)
 
 
-@ARCHITECTURES.register("unet-encoder")
-def unet_encoder(**kwargs: object) -> UNetEncoder:
-    """Registered factory; no arguments give the teacher's default widths."""
-    return UNetEncoder(**kwargs)  # type: ignore[arg-type]
-
-
-@ARCHITECTURES.register("unet-decoder")
-def unet_decoder(**kwargs: object) -> UNetDecoder:
-    """Registered factory; no arguments give the teacher's default widths."""
-    return UNetDecoder(**kwargs)  # type: ignore[arg-type]
+#: The registered built-ins (``unet-encoder`` / ``unet-decoder``; no arguments give the teacher's default shapes):
+#: what they build remembers the name and kwargs, so a saved student names its teacher's factory.
+unet_encoder = ARCHITECTURES.add("unet-encoder", UNetEncoder)
+unet_decoder = ARCHITECTURES.add("unet-decoder", UNetDecoder)

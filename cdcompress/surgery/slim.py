@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,9 +26,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.errors import CDCompressError
-from ..core.registry import IMPORTANCES, accepted, split_reference
+from ..core.errors import SlimmingError
+from ..core.registry import IMPORTANCES, split_reference
+from ..core.user_code import accepted
 from ..data.batches import Batch, as_batch
+from .importance import PRUNABLE
 from .modules import EncoderDecoderPair, count_parameters
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,6 @@ ScoreFn = Callable[[Any], torch.Tensor]
 """Torch-Pruning's importance protocol: ``importance(group) -> scores`` over the group's root channels."""
 
 
-class SlimmingError(CDCompressError):
-    """Slimming could not produce the requested widths."""
-
-
 @runtime_checkable
 class Slimmer(Protocol):
     """Anything that slims a module in place and reports the kept output channels per layer."""
@@ -49,84 +47,8 @@ class Slimmer(Protocol):
     def slim(self, module: nn.Module, example_inputs: tuple[Any, ...], keep: Sequence[str]) -> dict[str, list[int]]: ...
 
 
-_PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
-
-
 def _prunable_layers(module: nn.Module) -> dict[nn.Module, str]:
-    return {m: n for n, m in module.named_modules() if isinstance(m, _PRUNABLE)}
-
-
-# --------------------------------------------------------------------------- importance criteria
-
-
-
-def _out_filter_items(group: Any) -> Iterator[tuple[nn.Module, list[int], list[int]]]:
-    """(layer, its channel indices, the root's indices) for every layer of the group that *produces* the channels."""
-    for item in group:
-        layer = item.dep.target.module
-        if isinstance(layer, _PRUNABLE) and getattr(item.dep.handler, "__name__", "") == "prune_out_channels":
-            yield layer, list(item.idxs), list(item.root_idxs)
-
-
-def _filters(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """A weight-shaped tensor as one row per output channel (ConvTranspose stores [in, out, ...])."""
-    return (tensor.transpose(0, 1) if isinstance(layer, nn.ConvTranspose2d) else tensor).flatten(1)
-
-
-def _root_channels(group: Any) -> int:
-    return len(group[0].idxs)
-
-
-class FilterNorm:
-    """Per-output-filter Lp norm summed over a channel's producers (the paper's L1 filter pruning for p=1).
-
-    Unlike torch-pruning's default group reduction, the consumers' input weights are left out, so a
-    VGG layer keeps exactly the filters the paper's per-filter criterion keeps."""
-
-    needs_gradients = False
-
-    def __init__(self, p: int = 1) -> None:
-        self.p = p
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        total = torch.zeros(_root_channels(group))
-        for layer, idxs, root_idxs in _out_filter_items(group):
-            norms = _filters(layer, layer.weight.detach()).abs().pow(self.p).sum(1).pow(1.0 / self.p)
-            total[root_idxs] += norms[idxs].cpu()
-        return total
-
-
-class TaylorImportance:
-    """|Σ w·∂L/∂w| per output filter: first-order estimate of the loss change when a filter is removed."""
-
-    needs_gradients = True
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        total = torch.zeros(_root_channels(group))
-        for layer, idxs, root_idxs in _out_filter_items(group):
-            if layer.weight.grad is None:
-                raise SlimmingError("taylor importance needs gradients: pass a calibration loss (calibrate=...) to the slimmer")
-            scores = _filters(layer, layer.weight.detach() * layer.weight.grad.detach()).sum(1).abs()
-            total[root_idxs] += scores[idxs].cpu()
-        return total
-
-
-class RandomImportance:
-    """Random scores from a seeded generator: the 'no criterion' baseline."""
-
-    needs_gradients = False
-
-    def __init__(self, seed: int = 0) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, group: Any) -> torch.Tensor:
-        return torch.rand(_root_channels(group), generator=self.generator)
-
-
-IMPORTANCES.register("l1")(lambda seed=0: FilterNorm(1))
-IMPORTANCES.register("l2")(lambda seed=0: FilterNorm(2))
-IMPORTANCES.register("taylor")(lambda seed=0: TaylorImportance())
-IMPORTANCES.register("random")(lambda seed=0: RandomImportance(seed))
+    return {m: n for n, m in module.named_modules() if isinstance(m, PRUNABLE)}
 
 
 def resolve_importance(importance: str | Mapping[str, Any] | ScoreFn, seed: int = 0) -> ScoreFn:
@@ -207,7 +129,7 @@ class ChannelSlimmer:
         if getattr(self._score, "needs_gradients", False):
             self._fill_gradients(module)
         kept: dict[str, list[int]] = {}
-        for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE)):
+        for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE)):
             root = group[0].dep.target.module
             name = layers[root]
             channels = graph.get_out_channels(root)
@@ -314,20 +236,21 @@ class SlimResult:
     layers: list[LayerWidth] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    budget: Any = None  # the BudgetSearch (cdcompress.budget.search) that chose the widths, if a target did
+    budget: Any = None  # the BudgetSearch (cdcompress.distill.width_search) that chose the widths, if a target did
 
     @property
     def compression(self) -> float:
+        """Teacher encoder parameters / student encoder parameters: how many times smaller (15.5 for the paper's 15.5x)."""
         return self.encoder_params[0] / self.encoder_params[1]
 
     @property
-    def encoder_ratio(self) -> float:
-        """Student encoder parameters / teacher encoder parameters."""
+    def encoder_kept(self) -> float:
+        """The share of the teacher encoder's parameters the student kept (1 / :attr:`compression`)."""
         return self.encoder_params[1] / self.encoder_params[0]
 
     @property
-    def decoder_ratio(self) -> float:
-        """Slimmed decoder parameters / collaborator parameters (the stage-3 decoder's size)."""
+    def decoder_kept(self) -> float:
+        """The share of the collaborator's parameters the slimmed decoder (the stage-3 start) kept."""
         return self.decoder_params[1] / self.decoder_params[0]
 
     def widths(self) -> dict[str, int]:
@@ -341,8 +264,8 @@ class SlimResult:
             asked = "protected" if layer.name in self.protected else ("-" if layer.requested is None else layer.requested)
             lines.append(f"| {layer.name} | {layer.before} | {layer.after} | {asked} |")
         lines.append(f"\nencoder {self.encoder_params[0]:,} -> {self.encoder_params[1]:,} parameters "
-                     f"({self.encoder_ratio:.3f}x); decoder {self.decoder_params[0]:,} -> {self.decoder_params[1]:,} "
-                     f"({self.decoder_ratio:.3f}x)")
+                     f"({self.compression:.1f}x smaller); decoder {self.decoder_params[0]:,} -> "
+                     f"{self.decoder_params[1]:,} ({1 / self.decoder_kept:.1f}x smaller)")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.budget is not None:
             lines += ["", self.budget.summary()]
@@ -361,8 +284,8 @@ class Slimming:
     ``latent``: keep every encoder output at the teacher's width (a latent interface): the layers producing the
     outputs are not slimmed and their branches are the identity, frozen, so the student's own outputs are what
     the teacher's decoder reads (no Q to keep; see docs/drop_in.md).
-    ``target``: a :class:`~cdcompress.budget.spec.Budget` (or its fields as a mapping, e.g. ``{"macs": "50%"}``):
-    the widths are then searched to meet it, and ``width`` is not used (see :mod:`cdcompress.budget.search`).
+    ``target``: a :class:`~cdcompress.core.budget.Budget` (or its fields as a mapping, e.g. ``{"macs": "50%"}``):
+    the widths are then searched to meet it, and ``width`` is not used (see :mod:`cdcompress.distill.width_search`).
     ``calibration``: the data a gradient criterion (``taylor``) scores filters on, by the pair's MSE to the
     targets: ``(inputs, targets)`` (or a :class:`~cdcompress.data.batches.Batch`), or bare images when the pair
     reconstructs its input. Required by such criteria: a made-up image scores filters for a task the pair
@@ -381,7 +304,7 @@ class Slimming:
 
     def __post_init__(self) -> None:
         if self.target is not None:
-            from ..budget.spec import Budget
+            from ..core.budget import Budget
 
             self.target = Budget.of(self.target)
         if not isinstance(self.width, Slimmer):

@@ -1,4 +1,4 @@
-"""Find the widths that make a student meet a :class:`~cdcompress.budget.spec.Budget`.
+"""Find the widths that make a student meet a :class:`~cdcompress.core.budget.Budget`.
 
 1. **Uniform**: one width ratio for every prunable layer, found by bisection on the slimmed copy's real cost
    (``round_to``, protected layers and coupled groups included, since the copy is really slimmed).
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.budget import Budget, BudgetError
 from ..cost.static import count_macs
 from ..data.batches import Batch
 from ..surgery.modules import EncoderDecoderPair, count_parameters
 from ..surgery.slim import SlimmingError, SlimResult, WidthSpec
-from .spec import Budget, BudgetError
 
 log = logging.getLogger(__name__)
 

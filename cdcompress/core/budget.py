@@ -2,7 +2,7 @@
 
 Practitioners think in budgets ("under 1M parameters", "half the MACs", "40 ms at 1024² on our CPU"), not in
 width ratios. A :class:`Budget` names exactly one such cost, of the student encoder (or the whole student pair)
-at one input size; :func:`cdcompress.budget.search.find_widths` finds the widths that meet it. This module holds
+at one input size; :func:`cdcompress.distill.width_search.find_widths` finds the widths that meet it. This module holds
 only the specification and its rules (no torch), so the recipe schema and the Python API refuse the same values.
 """
 
@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..core.errors import CDCompressError
+from .errors import CDCompressError
 
 #: The costs a budget can name, with their units.
 METRICS: dict[str, str] = {"params": "parameters", "macs": "multiply-accumulates", "latency_ms": "ms"}
