@@ -36,6 +36,7 @@ BAD_CONFIGS = {
     "optimizer": ("sgd", "optimizer must be one of adam, adamw"),
     "channels_last": (1, "channels_last must be True or False"),
     "accumulate": (True, "accumulate must be an integer"),
+    "lr_floor": (1.5, "lr_floor must be <= 1 (a share of lr)"),
 }
 
 
@@ -68,7 +69,7 @@ RECIPE_KEYS = {"steps": "stages.distill.steps", "lr": "stages.distill.lr", "weig
                "warmup_steps": "stages.distill.warmup_steps", "grad_clip": "stages.distill.grad_clip",
                "accumulate": "stages.distill.accumulate", "checkpoint_every": "output.checkpoint_every",
                "sample_every": "output.sample_every", "log_every": "output.log_every", "eval_every": "output.eval_every",
-               "workers": "data.workers", "device": "device"}
+               "workers": "data.workers", "device": "device", "lr_floor": "stages.distill.lr_floor"}
 
 
 SHARED_CASES = [(field, value) for field in sorted(RECIPE_KEYS)
@@ -190,3 +191,31 @@ def test_manifest_states_each_levels_precision() -> None:
     assert bundle_precision({"1": "fp32", "5": "int8"}) == "mixed" and bundle_precision({"5": "int8"}) == "int8"
     with pytest.raises(ExportError, match="'level_precision' must give each of levels"):
         level_precisions({"levels": [1, 5], "precision": "mixed", "level_precision": {"1": "int4"}})
+
+
+# --------------------------------------------------------------------------- one meaning per name
+
+
+def test_feature_kd_refuses_options_instead_of_ignoring_them(tmp_path: Path) -> None:
+    """``feature-kd`` has no collaborator term, so an option for one is a mistake said in one line (it used to be
+    swallowed by a ``**_`` catch-all), from Python and from a recipe alike."""
+    with pytest.raises(CDCompressError, match=r"objective 'feature-kd' takes no option\(s\) \['lambda_p'\]"):
+        cdcompress.apply(Segmenter(False), Segmenter(True), taps=None, objective="feature-kd", lambda_p=1.0)
+    assert cdcompress.apply(Segmenter(False), Segmenter(True), taps=None, objective="feature-kd").objective is None
+    path = tmp_path / "kd.yaml"
+    path.write_text(RECIPE + "collaborator: {source: train}\nobjective: {kind: feature-kd, kwargs: {lambda_p: 1.0}}\n")
+    from cdcompress.distill.run import run_recipe
+
+    with pytest.raises(CDCompressError, match=r"takes no option\(s\) \['lambda_p'\]"):
+        run_recipe(load_recipe(path, ["stages.collaborator.steps=1", "stages.collaborator.batch=2", "data.resize=64",
+                                      "data.crop=32", "collaborator.min_psnr=0"]), tmp_path / "run")
+
+
+def test_apply_and_recipes_default_to_the_same_beta() -> None:
+    """One default for the embedding weight: the one our recipes measured best (docs/reproduction_wct_baselines.md),
+    in the Python API and the recipe schema alike."""
+    import inspect
+
+    from cdcompress.distill.recipe import EmbedSpec
+
+    assert inspect.signature(cdcompress.apply).parameters["beta"].default == EmbedSpec().beta == 1.0

@@ -173,6 +173,17 @@ def test_failed_parity_writes_nothing(tiny_model: Any, tmp_path: Path, monkeypat
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_export_tables_are_logged_not_printed(tiny_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Library code logs, the CLI prints: without ``echo`` the parity table goes to the module's logger."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="cdcompress.export.bundle"):
+        export_bundle(tiny_model, tmp_path / "bundle", load_profile("onnx-dynamic"), [1], progress=False)
+    assert capsys.readouterr().out == ""
+    assert any("| enc1 |" in record.getMessage() for record in caplog.records)
+
+
 def test_torchlib_registry_reuse_still_reaches_torch() -> None:
     """`reuse_torchlib_registry` patches private torch.onnx API (it halves export time). If torch moves it, the
     patch silently does nothing: this test is where that shows."""

@@ -62,7 +62,7 @@ def plan(recipe: Recipe, out_dir: Path) -> str:
             lines.append(f"| {name} | {stage_config(recipe, stage, usable).steps:,} | {stage.batch} | {stage.lr:g} |")
     lines += ["", f"## outputs in {out_dir}", "",
               "student/ (model directory), report.md, report.json, loss.png, comparison.png, metrics.jsonl, "
-              "checkpoints/, samples/, config.yaml"]
+              "checkpoints/, samples/, config.yaml (and tensorboard/<stage>/ with the tensorboard extra)"]
     return "\n".join(lines)
 
 

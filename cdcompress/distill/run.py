@@ -1,7 +1,8 @@
 """Run a validated recipe end to end: per level, stage 1 (if needed), 2 and 3, then report.
 
 The run directory holds ``config.yaml`` (the resolved recipe), ``checkpoints/``,
-``metrics.jsonl``, ``samples/*.png``, ``loss.png``, ``comparison.png``, ``student/`` (native model
+``metrics.jsonl`` (and ``tensorboard/<stage>/`` event files with the ``tensorboard`` extra), ``samples/*.png``,
+``loss.png``, ``comparison.png``, ``student/`` (native model
 format), ``report.md`` and ``report.json``. ``resume=True`` continues every stage from its last
 checkpoint; finished stages are restored instantly.
 """
