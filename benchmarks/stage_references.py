@@ -33,7 +33,8 @@ from cdcompress.distill.decoder import starting_decoder, train_decoder
 from cdcompress.distill.distiller import Distiller
 from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images
-from cdcompress.distill.stages import DistillStage, LevelState, load_teacher
+from cdcompress.distill.stages import DistillStage, LevelState
+from cdcompress.distill.teachers import load_teacher
 from cdcompress.distill.trainer import TrainConfig
 from cdcompress.evaluation.ceiling import linear_ceiling, refit_output_conv
 from cdcompress.evaluation.metrics import reconstruction_psnr

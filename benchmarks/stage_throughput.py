@@ -31,7 +31,8 @@ from cdcompress.data.batches import CropSampler
 from cdcompress.distill.losses import FeatureExtractor
 from cdcompress.distill.recipe import load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths
-from cdcompress.distill.stages import DistillStage, LevelState, load_teacher
+from cdcompress.distill.stages import DistillStage, LevelState
+from cdcompress.distill.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,8 @@ import torch
 
 from cdcompress.distill.recipe import check_paths, load_recipe
 from cdcompress.distill.run import RecipeRun, data_paths, eval_images, run_recipe
-from cdcompress.distill.stages import DistillStage, LevelState, load_teacher
+from cdcompress.distill.stages import DistillStage, LevelState
+from cdcompress.distill.teachers import load_teacher
 from cdcompress.models import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
