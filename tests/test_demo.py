@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -88,8 +89,23 @@ def test_demo_runs_on_the_real_teacher_from_the_env_var(monkeypatch: pytest.Monk
     assert [step for step, _ in curves["distill_L3"]] == [0, 1, 2] and set(curves) == {
         "distill_L1", "decoder_L1", "distill_L3", "decoder_L3"}
     assert (tmp_path / "run" / "heldout.png").stat().st_size > 0
+    _assert_tensorboard_shows(tmp_path / "run", curves)
     student = load(tmp_path / "run" / "student")
     assert student.encoder(1).spec.widths == (24,) and student.encoder(3).spec.widths == (16, 16, 32, 32, 64)
+
+
+def _assert_tensorboard_shows(run_dir: Path, curves: dict) -> None:
+    """`tensorboard --logdir <run_dir>` sees one run per stage whose held-out curve is the report's."""
+    if importlib.util.find_spec("tensorboard") is None:  # the optional extra; the dev extra installs it
+        return
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    events = EventMultiplexer().AddRunsFromDirectory(str(run_dir)).Reload()
+    assert set(events.Runs()) == {f"tensorboard/{stage}" for stage in curves}
+    for stage, curve in curves.items():
+        shown = [(e.step, e.value) for e in events.Scalars(f"tensorboard/{stage}", f"{stage}/heldout/psnr")]
+        assert [step for step, _ in shown] == [step for step, _ in curve]
+        assert [value for _, value in shown] == pytest.approx([value for _, value in curve], abs=1e-3)
 
 
 def test_the_offline_teacher_keeps_its_input_scale() -> None:
