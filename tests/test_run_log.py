@@ -140,6 +140,16 @@ def test_trimming_on_resume_is_all_or_nothing(tmp_path: Path, monkeypatch: pytes
     assert [r["step"] for r in _records(tmp_path) if "total" in r] == list(range(1, 9))
 
 
+def test_a_torn_last_line_does_not_stop_a_resume(tmp_path: Path) -> None:
+    """A kill mid-append leaves half a JSON line at the end of metrics.jsonl: resuming drops it and goes on."""
+    with pytest.raises(_Interrupted):
+        _train(tmp_path, steps=8, stop_at=6)
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"stage": "tiny", "step": 7, "to')
+    _train(tmp_path, steps=8, resume=True)
+    assert [r["step"] for r in _records(tmp_path) if "total" in r] == list(range(1, 9))
+
+
 def test_a_recipe_run_directory_is_a_tensorboard_logdir(tmp_path: Path) -> None:
     """What ``tensorboard --logdir RUN_DIR`` finds: one run per stage, with the stage's curves."""
     pytest.importorskip("tensorboard")

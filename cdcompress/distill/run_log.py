@@ -82,14 +82,26 @@ class RunLog:
 
 
 def _trim(path: Path, stage: str, start: int) -> None:
-    """Drop ``stage``'s records past ``start``; rewritten atomically, so a crash keeps the whole old file."""
+    """Drop ``stage``'s records past ``start``, and a last line torn by a crash mid-append (appends are not atomic);
+    rewritten atomically, so a crash here keeps the whole old file."""
     if not path.is_file():
         return
     text = path.read_text()
-    kept = "".join(line + "\n" for line in text.splitlines()
-                   if line.strip() and not _is_later(json.loads(line), stage, start))
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not _parses(lines[-1]):
+        log.warning("%s: dropping its last line, cut short by an interrupted write", path)
+        lines.pop()
+    kept = "".join(line + "\n" for line in lines if not _is_later(json.loads(line), stage, start))
     if kept != text:
         write_text(path, kept)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def _summary_writer() -> type | None:
