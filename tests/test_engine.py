@@ -215,7 +215,10 @@ def test_stage3_decoder_and_sample_grid(photos: list[Path], tmp_path: Path) -> N
     assert grid.is_file()
     from PIL import Image
 
-    assert Image.open(grid).size == (3 * 32, 2 * 32)  # input | teacher path | student path, 2 rows
+    from cdcompress.data.annotate import header_height
+
+    header = header_height(3 * 32, ["input", "teacher pair", "decoder"], "decoder · step 20")
+    assert Image.open(grid).size == (3 * 32, 2 * 32 + header)  # input | teacher path | student path, 2 rows, titled
 
 
 class _DivergingTask:

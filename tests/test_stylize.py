@@ -177,8 +177,8 @@ def test_auto_tiling_from_budget(model: CDModel) -> None:
 
 def test_errors_are_user_errors(model: CDModel, content: torch.Tensor, style: torch.Tensor, tmp_path: Path) -> None:
     two_level = CDModel(encoders={k: model.encoders[k] for k in (1, 2)}, decoders={k: model.decoders[k] for k in (1, 2)})
-    with pytest.raises(ModelFormatError, match="level"):
-        stylize(two_level, content, style)
+    with pytest.raises(ModelFormatError, match="level"):  # without levels it uses the model's own (2,1)
+        stylize(two_level, content, style, levels=(3, 2, 1))
     with pytest.raises(CDCompressError, match="alpha"):
         stylize(model, content, style, alpha=1.5)
     with pytest.raises(CDCompressError, match="at least 32 px"):

@@ -21,7 +21,8 @@ from .options import parse_levels
 @click.option("--style", type=click.Path(path_type=Path), required=True, help="Style image.")
 @click.option("--method", type=click.Choice(METHODS), default="wct", show_default=True,
               help="wct: whitening-colouring cascade; adain: channel mean/std matching.")
-@click.option("--levels", default=None, help="Comma-separated levels, coarse to fine [wct: 5,4,3,2,1; adain: 4].")
+@click.option("--levels", default=None,
+              help="Comma-separated levels, coarse to fine [wct: every level the model has, e.g. 5,4,3,2,1; adain: 4].")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="Style strength: 0 keeps the content (autoencoder only), 1 is full style.")
 @click.option("--preserve-color", is_flag=True, help="Keep the content's colours (transfer luminance only).")

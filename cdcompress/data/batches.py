@@ -303,17 +303,26 @@ def image_crops(paths: Sequence[Path], batch_size: int, resize: int, crop: int, 
     return CropSampler(paths, batch_size=batch_size, resize=resize, crop=crop, seed=seed)
 
 
+#: scikit-image's colour photos in the order :func:`skimage_photos` writes them; the last two are the held-out set
+#: (``skimage-heldout``). ``data.cat()`` is the same array as ``data.chelsea()``: a photo whose pixels an earlier one
+#: has is skipped, so the held-out cat (``cat.png``, or ``chelsea.png`` where ``cat`` is missing) is never trained on.
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "cat",
+                  "chelsea")
+SKIMAGE_HELD_OUT = 2
+
+
 def skimage_photos(folder: str | Path) -> list[Path]:
-    """Write scikit-image's bundled colour photos to ``folder`` as PNGs (the offline default data)."""
+    """Write scikit-image's bundled colour photos to ``folder`` as PNGs (the offline default data), one per content."""
     import numpy as np
     from PIL import Image
     from skimage import data as skdata
 
+    from .holdout import array_digest
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "cat")
-    written = []
-    for name in names:
+    written, seen = [], set()
+    for name in SKIMAGE_PHOTOS:
         loader = getattr(skdata, name, None)
         if loader is None:
             continue
@@ -324,10 +333,25 @@ def skimage_photos(folder: str | Path) -> list[Path]:
             continue
         if array.ndim != 3 or array.shape[2] != 3:
             continue
+        array = array.astype("uint8")
+        digest = array_digest(array)
+        if digest in seen:  # the same photo under another name (cat is chelsea)
+            continue
+        seen.add(digest)
         path = folder / f"{name}.png"
         if not path.exists():
-            Image.fromarray(array.astype("uint8")).save(path)
+            Image.fromarray(array).save(path)
         written.append(path)
     if not written:
         raise DataError("scikit-image ships no colour photos in this install; pass a data folder instead")
     return written
+
+
+def skimage_split(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """scikit-image's photos as ``(train, held_out)``: the last :data:`SKIMAGE_HELD_OUT` are held out, and no two
+    photos share their pixels."""
+    photos = skimage_photos(folder)
+    if len(photos) <= SKIMAGE_HELD_OUT:
+        raise DataError(f"scikit-image ships only {len(photos)} colour photos here, too few to hold "
+                        f"{SKIMAGE_HELD_OUT} out; pass a data folder instead")
+    return photos[:-SKIMAGE_HELD_OUT], photos[-SKIMAGE_HELD_OUT:]

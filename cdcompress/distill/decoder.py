@@ -61,6 +61,11 @@ class DecoderTask:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(images))
 
+    def sample_titles(self, batch: Batch) -> list[str]:
+        """The titles of :meth:`samples`' views, in their order (the sample grids' header)."""
+        titles = ["input", *(["teacher pair"] if self.reference is not None else []), "decoder"]
+        return [*titles, "target"] if batch.paired else titles
+
     def samples(self, batch: Batch) -> list[torch.Tensor]:
         views = [batch.input]
         if self.reference is not None:

@@ -138,6 +138,11 @@ class Distiller:
         """The frozen collaborator's output on the student's embedded features (stage 2's held-out curve)."""
         return self.collaborator(self.embedded_features(images)[1])
 
+    def sample_titles(self, batch: Batch) -> list[str]:
+        """The titles of :meth:`samples`' views, in their order (the sample grids' header)."""
+        titles = ["input", "teacher pair", "collaborator on Q·F'"]
+        return [*titles, "target"] if batch.paired else titles
+
     def samples(self, batch: Batch) -> list[torch.Tensor]:
         views = [batch.input, self.collaborator(self.teacher(batch.input))]
         views.append(self.collaborator(self.embedded_features(batch.input)[1]))

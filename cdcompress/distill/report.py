@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from ..core.atomic import write_json
 from ..cost.static import count_macs
+from ..data.annotate import with_header
 from ..data.images import center_square, save_image
 from ..evaluation.metrics import psnr, ssim
 from ..models.format import CDModel
@@ -54,35 +56,85 @@ def evaluate_level(level: int, teacher: Teacher, collaborator: torch.nn.Module, 
     return {k: sum(v) / len(v) for k, v in rows.items()}
 
 
-def plot_losses(metrics_path: Path, out: Path) -> Path | None:
-    """One panel per stage, one curve per top-level loss term (log scale)."""
-    if not metrics_path.is_file():
-        return None
+#: Loss panels per row of loss.png at most, and each panel's size in inches (at ``PLOT_DPI``): 3 panels ≈ 1500 px wide.
+PANELS_PER_ROW, PANEL_INCHES, PLOT_DPI = 3, (4.5, 3.2), 110
+
+
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def loss_series(metrics_path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """``{stage: {term: [(step, value), ...]}}`` for the top-level loss terms of ``metrics.jsonl`` (per-tap terms
+    such as ``embed/<tap>`` and the held-out curve are left out)."""
     series: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for line in metrics_path.read_text().splitlines():
-        record = json.loads(line)
-        for key, value in record.items():
-            if key not in ("stage", "step", "lr", "time") and "/" not in key:
-                series[record["stage"]][key].append((record["step"], value))
+    if metrics_path.is_file():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            for key, value in record.items():
+                if key not in ("stage", "step", "lr", "time") and "/" not in key:
+                    series[record["stage"]][key].append((record["step"], value))
+    return {stage: dict(terms) for stage, terms in series.items() if terms}
+
+
+def _panel_rows(stages: list[str]) -> list[list[str]]:
+    """One row of panels per level when every stage is named ``<stage>_L<k>`` with at most ``PANELS_PER_ROW`` stages
+    a level (collaborator | distill | decoder of a level side by side), else rows of ``PANELS_PER_ROW``."""
+    by_level: dict[str, list[str]] = defaultdict(list)
+    for stage in stages:
+        level = re.fullmatch(r".*_(L\d+)", stage)
+        by_level[level.group(1) if level else ""].append(stage)
+    if "" not in by_level and all(len(row) <= PANELS_PER_ROW for row in by_level.values()):
+        return list(by_level.values())
+    return [stages[i : i + PANELS_PER_ROW] for i in range(0, len(stages), PANELS_PER_ROW)]
+
+
+def loss_figure(series: dict[str, dict[str, list[tuple[int, float]]]]):
+    """A grid of panels, one per stage: its loss terms against steps (log scale when every value is positive),
+    axes labelled, a title and a legend each. Returns the matplotlib figure (one axes per stage)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _panel_rows(list(series))
+    columns = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * len(rows)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            if c >= len(row):
+                fig.delaxes(axes[r][c])
+                continue
+            ax, terms = axes[r][c], series[row[c]]
+            for term, points in terms.items():
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, label=term, linewidth=1.3, marker="o" if len(steps) < 12 else None, markersize=3)
+            if all(value > 0 for points in terms.values() for _, value in points):
+                ax.set_yscale("log")
+            ax.set_title(row[c], fontsize=11)
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8, title="term", title_fontsize=8)
+    fig.suptitle("Training loss per stage", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_losses(metrics_path: Path, out: Path) -> Path | None:
+    """loss.png: :func:`loss_figure` for the run's ``metrics.jsonl`` (panels in rows of at most 3, ≈1500 px wide)."""
+    series = loss_series(metrics_path)
     if not series:
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
-    for ax, (stage, terms) in zip(axes[0], series.items(), strict=True):
-        for term, points in terms.items():
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=term, linewidth=1.2)
-        ax.set_title(stage)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    fig = loss_figure(series)
+    fig.savefig(out, dpi=PLOT_DPI)
+    _pyplot().close(fig)
     return out
 
 
@@ -101,41 +153,50 @@ def plot_heldout(curves: dict[str, list[tuple[int, float]]], out: Path) -> Path 
     """The learning curve: held-out PSNR against steps, one line per stage (does more training pay?)."""
     if not curves:
         return None
-    import matplotlib
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for stage, points in curves.items():
         steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=stage)
+        ax.plot(steps, values, marker="o", markersize=3, linewidth=1.3, label=stage)
+    ax.set_title("Held-out reconstruction during training", fontsize=12)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("held-out PSNR (dB)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, title="stage", title_fontsize=8, ncol=3 if len(curves) > 4 else 1)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=PLOT_DPI)
     plt.close(fig)
     return out
+
+
+def comparison_titles(level: int) -> list[str]:
+    """The column titles of comparison.png."""
+    return ["input", f"teacher (level {level})", f"student (level {level})"]
 
 
 @torch.no_grad()
 def comparison_image(images: list[tuple[str, torch.Tensor]], level: int, teacher: Teacher,
                      collaborator: torch.nn.Module, student: CDModel, out: Path, device: torch.device) -> Path | None:
     """Rows of input | teacher reconstruction | student reconstruction at ``level``, each photo's centred
-    square (at most 256²) so rows of landscape and portrait photos line up."""
-    rows = []
-    for _, image in images[:3]:
+    square (at most 256²) so rows of landscape and portrait photos line up; a header names the columns, the level
+    and the held-out photos (top to bottom)."""
+    rows, names = [], []
+    for name, image in images[:3]:
         x = F.interpolate(image, scale_factor=256 / min(image.shape[-2:]), mode="area") if min(image.shape[-2:]) > 256 else image
         x = center_square(x, min(x.shape[-2:]) // 16 * 16).to(device)
         t = collaborator(teacher.encoder(x)).clamp(0, 1)
         s = student.decoder(level)(student.encoder(level)(x)).clamp(0, 1)
         rows.append(torch.cat([x, t, s], dim=-1).cpu())
+        names.append(Path(name).stem)
     if not rows:
         return None
     width = min(r.shape[-1] for r in rows)
-    return save_image(torch.cat([r[..., :width] for r in rows], dim=-2), out)
+    grid = torch.cat([r[..., :width] for r in rows], dim=-2)
+    title = f"level {level} · held-out: {', '.join(names)}"
+    return save_image(with_header(grid, comparison_titles(level), title), out)
 
 
 def write_outputs(run: ReportContext, student: CDModel, teachers: dict[int, tuple[Teacher, Any]],

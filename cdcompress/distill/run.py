@@ -25,7 +25,8 @@ from ..core.device import resolve_device
 from ..core.errors import CDCompressError
 from ..core.registry import DATA_SOURCES, build
 from ..data import noisy  # noqa: F401  (registers the noisy-pairs data source)
-from ..data.batches import image_paths, resize_shorter, skimage_photos
+from ..data.batches import image_paths, resize_shorter, skimage_split
+from ..data.holdout import check_disjoint
 from ..data.images import crop_to_multiple, load_image
 from ..models.converters import wct_levels
 from ..models.format import CDModel, save, spec_levels
@@ -55,9 +56,9 @@ def data_paths(entries: list[str], scratch: Path) -> list[Path]:
     paths: list[Path] = []
     for entry in entries:
         if entry in ("skimage", "skimage-heldout"):
-            photos = skimage_photos(scratch / "skimage_photos")
-            # The last two photos are held out for evaluation; "skimage" trains on the rest.
-            paths += photos[-2:] if entry == "skimage-heldout" else photos[:-2]
+            # The last two photos, distinct in content from the rest, are held out; "skimage" trains on the rest.
+            train, held_out = skimage_split(scratch / "skimage_photos")
+            paths += held_out if entry == "skimage-heldout" else train
         elif Path(entry).is_file():
             paths.append(Path(entry))
         else:
@@ -89,6 +90,8 @@ class RecipeRun:
         with distributed.node_main_first():  # one process per node writes the bundled photos; the others read them
             self.train_paths = data_paths(recipe.data.train, run_dir)
             self.style_paths = data_paths(recipe.data.style, run_dir) if recipe.data.style else []
+            if recipe.data.eval:  # a held-out score on a training photo (renamed or re-saved) would measure memory
+                check_disjoint(self.train_paths, data_paths(recipe.data.eval, run_dir))
         self.stage_seconds: dict[str, float] = {}
         self.notes: list[str] = []
         self.samplers: list[Any] = []

@@ -97,8 +97,15 @@ def builtin(path: str, level: int, pretrained: str = "auto") -> Teacher:
         return Teacher(convert_torchvision(cached).encoder(level), None, f"VGG-19 with ImageNet weights from {cached}")
     model = teacher_architecture(levels=(level,)) if path == "vgg19" else resolve_model(path)[0]
     encoder = scale_preserving_init(model.encoder(level))
-    note = (f"RANDOMLY INITIALISED {path} (scale-preserving random weights, no ImageNet weights: run "
-            "`cdcompress weights download vgg19` for a meaningful teacher)")
+    if path != "vgg19":
+        why = "a built-in architecture has no trained weights; name a trained model directory as teacher instead"
+    elif pretrained == "none":
+        why = "teacher.pretrained is none; set it to auto to use torchvision's ImageNet VGG-19 when it is cached"
+    else:
+        why = ("torch's cache has no ImageNet VGG-19: `cdcompress weights download vgg19` fetches it for this teacher; "
+               "the paper's WCT teacher with trained decoders, which `cdcompress demo` uses, comes from "
+               "`cdcompress weights download wct-vgg19`")
+    note = f"RANDOMLY INITIALISED {path} (scale-preserving random weights: {why})"
     return Teacher(encoder, None, note, randomly_initialised=True)
 
 

@@ -388,15 +388,25 @@ class Trainer:
         self.run_log.record(record)
 
     def write_samples(self, batch: Batch, step: int) -> Path | None:
-        """A PNG grid: one row per sample image, one column per view the task shows."""
+        """A PNG grid: one row per sample image, one column per view the task shows, under a header naming the
+        stage, the step and each view when the task names them: ``task.sample_titles(batch)`` (or a plain
+        ``sample_titles`` list), one title per view ``samples(batch)`` returns; without it, or when the count
+        differs, the grid has no header. TensorBoard gets the same picture."""
+        from ..data.annotate import with_header  # here: this method is all of the trainer that draws labels
+
         if self.run_dir is None or not distributed.is_main():
             return None
+        sample = batch[: self.config.sample_count].to(self.device)
         self.task.set_train(False)
         with torch.no_grad():
-            columns = self.task.samples(batch[: self.config.sample_count].to(self.device))
+            columns = self.task.samples(sample)
         self.task.set_train(True)
         rows = torch.cat([torch.cat([c[i : i + 1].float().cpu().clamp(0, 1) for c in columns], dim=-1)
                           for i in range(columns[0].shape[0])], dim=-2)
+        titles = getattr(self.task, "sample_titles", None)
+        titles = list(titles(sample) if callable(titles) else titles or ())
+        if len(titles) == len(columns):
+            rows = with_header(rows, titles, f"{self.task.name} · step {step}")
         self.run_log.image(rows[0], step)
         return save_image(rows, self.run_dir / "samples" / f"{self.task.name}_step{step:07d}.png")
 

@@ -122,7 +122,8 @@ KNOWN_WEIGHTS: dict[str, PublishedWeights] = {
         "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
         "vgg19-dcbb9e9d.pth",
         "dcbb9e9d",
-        "torchvision VGG-19 ImageNet weights (convert with `cdcompress convert --from torchvision`)",
+        "torchvision VGG-19 ImageNet weights; a `builtin vgg19` teacher uses them from torch's hub cache, and "
+        "`cdcompress convert --from torchvision FILE --out DIR` makes a model directory of them",
     ),
 }
 

@@ -20,7 +20,7 @@ from ..models.format import CDModel
 from ..models.format import load as load_model
 from .adain import adain_map
 from .backend import Backend, TorchBackend, UntiledBackend
-from .settings import DEFAULT_LEVELS, METHODS
+from .settings import METHODS, default_levels
 from .tiling import LevelGeometry, level_geometry
 from .wct import EIG_FLOOR, AffineMap, FeatureStats, wct_map
 
@@ -83,14 +83,15 @@ def make_job(backend: UntiledBackend, method: str, levels: Sequence[int] | None,
     :func:`~cdcompress.stylization.plan.untiled_bytes`) and cost estimates need."""
     if method not in METHODS:
         raise CDCompressError(f"method {method!r} is not supported; use one of {', '.join(METHODS)}")
-    levels = tuple(levels) if levels else DEFAULT_LEVELS[method]
+    levels = tuple(levels) if levels else default_levels(method, backend.levels)
     if not levels or len(set(levels)) != len(levels):
         raise CDCompressError(f"levels {levels}: give each level once, e.g. 5,4,3,2,1")
     missing = [k for k in levels if k not in backend.levels]
     if missing:
         raise ModelFormatError(
-            f"the model has no encoder/decoder pair for level(s) {missing} (usable levels: {backend.levels or 'none'}); "
-            "choose --levels among those or use a model that has them"
+            f"the model has no encoder/decoder pair for level(s) {missing} (its levels: "
+            f"{','.join(map(str, backend.levels)) or 'none'}); choose --levels among those, or leave --levels out to "
+            "use them all"
         )
     if not 0.0 <= alpha <= 1.0:
         raise CDCompressError(f"alpha {alpha} must be within [0, 1] (0 keeps the content, 1 is full style)")

@@ -54,7 +54,8 @@ def stylize(
     """Stylize ``content`` with ``style`` using ``model``'s encoder/decoder pairs.
 
     ``content``/``style`` are ``[1, 3, H, W]`` tensors in [0, 1] or image paths. ``method`` is
-    ``"wct"`` (cascade over ``levels``, default 5,4,3,2,1) or ``"adain"`` (default level 4).
+    ``"wct"`` (cascade over ``levels``, default every level the model has, coarse to fine: 5,4,3,2,1 for a
+    full model) or ``"adain"`` (default level 4).
     ``alpha`` blends stylized and content features. ``style_size`` resizes the style's long side.
 
     Tiling: ``tile=0`` computes untiled; ``tile=N`` uses N-pixel tiles; ``None`` (default) stays
