@@ -55,7 +55,7 @@ def recon(model: str, images: tuple[Path, ...], level: int | None, crop_multiple
 @click.option("--eval-encoder", required=True,
               help="Model whose deepest encoder measures every result (the same ruler for teacher and student).")
 @click.option("--method", type=click.Choice(["wct", "adain"]), default="wct", show_default=True)
-@click.option("--levels", default=None, help="Stylization levels, coarse to fine [wct: 5,4,3,2,1; adain: 4].")
+@click.option("--levels", default=None, help="Stylization levels, coarse to fine [wct: every level the model has; adain: 4].")
 @click.option("--gram-levels", default=None, help="relu{k}_1 levels to measure [all the evaluation encoder reaches].")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--max-side", type=click.IntRange(min=32), default=DEFAULT_STYLE_MAX_SIDE, show_default=True,
