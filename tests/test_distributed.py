@@ -190,7 +190,9 @@ def test_syncbatchnorm_makes_two_processes_equal_one(bn_runs: dict[str, Path]) -
 
     Two steps per stage: the synchronised statistics are sums of two half-batch sums, which round differently
     from one full-batch sum, and Adam's normalised steps amplify that over a run (measured with 3 steps per
-    stage: <= 2.5e-5 on the stage-2 encoder, 2e-3 on the stage-3 decoder, against 5e-3 unsynchronised)."""
+    stage: <= 2.5e-5 on the stage-2 encoder, 2e-3 on the stage-3 decoder, against 5e-3 unsynchronised). With two
+    steps the synchronised run differs by 1.2e-6 on the bundled photos without the chelsea/cat duplicate (2026-12-02;
+    below 1e-6 with it), so the bound is 1e-5: ten times under the unsynchronised floor."""
     from zoo import ResNetDecoder, ResNetEncoder
 
     def state(name: str) -> dict[str, torch.Tensor]:
@@ -198,7 +200,7 @@ def test_syncbatchnorm_makes_two_processes_equal_one(bn_runs: dict[str, Path]) -
 
     single, synced, unsynced = state("single"), state("synced"), state("unsynced")
     assert any("running_mean" in k for k in single)
-    assert max_difference(single, synced) <= 1e-6
+    assert max_difference(single, synced) <= 1e-5
     assert max_difference(single, unsynced) > 1e-4
 
 
