@@ -11,7 +11,7 @@ import click
 @click.option("--teacher", type=click.Path(path_type=Path),
               help="WCT teacher: a converted model directory or a folder of the original .pth files "
                    "[default: $CDCOMPRESS_WCT_VGG19, else the weights cache of `weights download wct-vgg19`].")
-@click.option("--offline", is_flag=True, help="Run the offline stand-in even when the real teacher is found.")
+@click.option("--offline", is_flag=True, help="Compress the bundled offline teacher even when the real one is found.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Run directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")

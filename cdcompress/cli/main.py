@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "recipes": ("distill", "recipes", "List the bundled recipes (or `recipes show NAME`)."),
     "stylize": ("stylize", "stylize_command",
                 "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),
+    "train-teacher": ("teacher", "train_teacher",
+                      "Train a VGG-19-topology teacher from scratch on photos: one encoder, a decoder per level."),
     "weights": ("distill", "weights", "Published weights for users with a network."),
 }
 

@@ -141,7 +141,7 @@ IMPORTANCES: Registry[Callable[..., Any]] = Registry("importance", provides=("l1
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", provides=("reconstruction", "style-transfer", "feature-kd"))
 """``name -> factory(**kwargs) -> objective``; ``feature-kd`` gives ``None`` (embedding loss only)."""
 TEACHER_SOURCES: Registry[Callable[..., Any]] = Registry(
-    "teacher source", provides=("model", "cd-release", "wct-pytorch", "wct-vgg19", "torchvision", "builtin", "import"))
+    "teacher source", provides=("model", "cd-release", "wct-pytorch", "wct-vgg19", "torchvision", "builtin", "bundled", "import"))
 """``name -> loader(path, level, spec) -> Teacher``: where a recipe's teacher comes from."""
 DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source", provides=("images", "noisy-pairs"))
 """``name -> factory(paths, batch_size, resize, crop, seed, **kwargs) -> training data`` for recipes:

@@ -13,17 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.bundled import BUNDLED_TEACHERS
 from ..models.weights import WCT_HINT, locate_wct
 from .recipe import Recipe, load_recipe
 
 REAL_TEACHER_RECIPE = "demo"
 OFFLINE_RECIPE = "demo_offline"
+OFFLINE_TEACHER = "offline-vgg19"  # the bundled teacher demo_offline names
 
 
 @dataclass
 class DemoChoice:
     recipe: Recipe
-    teacher: Path | None  # None: the offline stand-in
+    teacher: Path | None  # None: the bundled offline teacher
     note: str
 
 
@@ -32,8 +34,8 @@ def choose_demo(teacher: str | Path | None = None, offline: bool = False, overri
     where = None if offline else locate_wct(teacher)
     if where is None:
         why = "--offline was given" if offline else f"the paper's WCT VGG-19 teacher was not found ({WCT_HINT})"
-        note = (f"{why}: running the offline stand-in (a VGG-19 with random, scale-preserving weights whose "
-                "decoders are trained in stage 1); its numbers say nothing about the paper's networks")
+        note = (f"{why}: teacher: the bundled offline teacher ({BUNDLED_TEACHERS[OFFLINE_TEACHER]}); its numbers "
+                "describe that teacher, not the paper's networks")
         return DemoChoice(load_recipe(OFFLINE_RECIPE, list(overrides)), None, note)
     recipe = load_recipe(REAL_TEACHER_RECIPE, [f"teacher.path={where}", *overrides])
     return DemoChoice(recipe, where, f"teacher: the paper's WCT VGG-19 encoder and trained decoders from {where}")

@@ -78,8 +78,9 @@ class TeacherSpec(_Strict):
     """Where the teacher (and possibly its decoders) come from: a registered teacher source."""
 
     source: Annotated[str, registered_in(TEACHER_SOURCES)] = Field(
-        description="model | wct-vgg19 | wct-pytorch | cd-release | torchvision | builtin | import | a registered user source")
-    path: str = Field(description="model dir | WCT folder or auto | release dir | torchvision .pth | builtin name | "
+        description="model | wct-vgg19 | wct-pytorch | cd-release | torchvision | builtin | bundled | import | "
+                    "a registered user source")
+    path: str = Field(description="model dir | WCT folder or auto | release dir | torchvision .pth | builtin or bundled name | "
                                   "package.module:callable")
     variant: Literal["student", "base"] = "student"
     pretrained: Literal["auto", "none"] = "auto"
@@ -483,6 +484,13 @@ def check_paths(recipe: Recipe, source: str) -> None:
             raise RecipeError(f"recipe {source}: {exc}") from None
     if teacher.source == "builtin" and not is_builtin(teacher.path):
         raise RecipeError(f"recipe {source}: teacher.path {teacher.path!r} is not a built-in architecture (try vgg19)")
+    if teacher.source == "bundled":
+        from ..models.bundled import bundled_teacher
+
+        try:
+            bundled_teacher(teacher.path)
+        except CDCompressError as exc:
+            raise RecipeError(f"recipe {source}: teacher.path: {exc}") from None
     if teacher.source == "import" and ":" not in teacher.path:
         raise RecipeError(f"recipe {source}: teacher.path must be package.module:callable for source import")
     for key in ("train", "style", "eval"):

@@ -142,6 +142,7 @@ class RecipeRun:
         sources = {"wct-pytorch": wct_levels, "wct-vgg19": _located_wct_levels}
         if self.recipe.collaborator.source == "teacher":
             sources["model"] = spec_levels
+            sources["bundled"] = _bundled_levels
         if self.recipe.teacher.source not in sources:
             return wanted
         have = sources[self.recipe.teacher.source](self.recipe.teacher.path)  # from names and specs, no weights
@@ -227,6 +228,12 @@ def seeded_rng(seed: int, device: str) -> Iterator[None]:
         else:
             torch.default_generator.manual_seed(seed)  # the CPU stream only: CUDA's are not forked here
         yield
+
+
+def _bundled_levels(name: str) -> list[int]:
+    from ..models.bundled import bundled_teacher
+
+    return spec_levels(bundled_teacher(name))
 
 
 def _located_wct_levels(path: str) -> list[int]:

@@ -85,6 +85,15 @@ def wct_vgg19(path: str, level: int) -> Teacher:
     return wct_pytorch(str(where), level)
 
 
+@TEACHER_SOURCES.register("bundled")
+def bundled(path: str, level: int) -> Teacher:
+    """A teacher shipped inside the package (``path`` names it; see :mod:`cdcompress.models.bundled`)."""
+    from ..models.bundled import BUNDLED_TEACHERS, bundled_teacher
+
+    where = bundled_teacher(path)
+    return replace(model_directory(str(where), level), note=f"bundled teacher {path}: {BUNDLED_TEACHERS[path]}")
+
+
 @TEACHER_SOURCES.register("torchvision")
 def torchvision_vgg19(path: str, level: int) -> Teacher:
     return Teacher(convert_torchvision(path).encoder(level), None, f"torchvision VGG-19 weights {path}")
