@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,7 +97,6 @@ class TeacherSettings:
     sample_every: int = 500
     eval_every: int = 250
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
 
 
 def fresh_teacher(levels: Sequence[int], seed: int) -> tuple[VGGEncoder, dict[int, VGGDecoder]]:
@@ -181,9 +180,7 @@ def write_teacher(train: Sequence[Path], held_out: Sequence[Path], settings: Tea
 
 
 def _settings_record(settings: TeacherSettings) -> dict:
-    record = {k: v for k, v in vars(settings).items() if k != "extra"}
-    record["levels"] = list(settings.levels)
-    return {**record, **settings.extra}
+    return {**vars(settings), "levels": list(settings.levels)}
 
 
 def _photo_records(paths: Sequence[Path]) -> list[dict[str, str]]:
