@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stylize": ("stylize", "stylize_command",
                 "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),
     "train-teacher": ("teacher", "train_teacher",
-                      "Train a VGG-19-topology teacher from scratch on photos: one encoder, a decoder per level."),
+                      "Train a VGG-19-topology teacher from scratch on photos: one encoder, a decoder per level, pixel MSE."),
     "weights": ("distill", "weights", "Published weights for users with a network."),
 }
 
