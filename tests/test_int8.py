@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime.quantization")
 def int8_bundle(released_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("int8") / "bundle"
     result = CliRunner().invoke(main, ["export", str(released_model_dir), "--int8", "--levels", "1,5", "--quiet",
-                                       "--out", str(out)])
+                                       "--max-cascade-rmse", "0.2", "--out", str(out)])
     return out, result.output if result.exit_code == 0 else f"exit {result.exit_code}: {result.output} {result.exception!r}"
 
 
@@ -33,11 +33,13 @@ def test_int8_bundle_passes_its_gate_and_stylizes(int8_bundle: tuple[Path, str],
     out, output = int8_bundle
     assert "int8 levels 5, float32 levels 1 (past the gate)" in output, output
     assert "Collecting tensor data" not in output and "Number of tensors" not in output  # onnxruntime's chatter
-    assert "| 1 |" in output and "| NO |" in output
+    assert "| 1 | calibrated |" in output and "| NO |" in output
+    assert "cascade (WCT levels 5,1, int8 levels 5): RMS" in output  # judged against 0.2 here, not the default 0.03
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["levels"] == [1, 5] and manifest["int8_levels"] == [5]
     assert manifest["precision"] == "mixed" and manifest["level_precision"] == {"1": "fp32", "5": "int8"}
     quality = {q["level"]: q for q in manifest["int8"]["quality"]}
+    assert manifest["int8"]["cascade"]["int8_levels"] == [5] and manifest["int8"]["gate"]["max_cascade_rmse"] == 0.2
     assert quality[5]["psnr_drop"] <= 0.5 and quality[5]["wct_rmse"] <= 0.03, quality
     import onnx
 

@@ -25,32 +25,41 @@ from .options import parse_levels
 @click.option("--dynamic", is_flag=True, help="Dynamic image height/width (overrides the profile's shape).")
 @click.option("--tile", nargs=2, type=int, metavar="H W", help="Fix every graph to one H x W image tile (multiples of 16).")
 @click.option("--fp16", is_flag=True, help="Half-precision compute (inputs/outputs stay float32), looser parity tolerance.")
-@click.option("--int8", is_flag=True, help="INT8 graphs for CPU: static quantization calibrated on photos, written only if "
-                                           "a quality gate on held-out photos passes (PSNR drop, WCT difference).")
+@click.option("--int8", is_flag=True, help="INT8 graphs for CPU: static quantization (calibrated on photos, or with the "
+                                           "ranges `cdcompress quantize` trained), written only if a quality gate on "
+                                           "held-out photos passes (per level: PSNR drop, WCT difference; the whole "
+                                           "multi-level WCT).")
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="--int8: folder of calibration photos [scikit-image's bundled photos].")
 @click.option("--held-out", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="--int8: photos the quality gate judges (required with --calibration).")
+@click.option("--max-cascade-rmse", type=click.FloatRange(min=0, min_open=True), default=0.03, show_default=True,
+              help="--int8: how far (RMS, [0, 1] pixels) the multi-level WCT may be from float32's; levels go back to "
+                   "float32 until it is within.")
+@click.option("--reference", metavar="MODEL",
+              help="--int8: the float model the gate compares with [default: MODEL's own float graphs; for a model "
+                   "from `cdcompress quantize`, the model it was fine-tuned from when that path exists].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write [default: out/<model name>-bundle].")
 @click.option("--force", is_flag=True, help="Replace an existing --out directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, levels: str | None, dynamic: bool,
            tile: tuple[int, int] | None, fp16: bool, int8: bool, calibration: Path | None, held_out: Path | None,
-           out: Path | None, force: bool, quiet: bool) -> None:
+           max_cascade_rmse: float, reference: str | None, out: Path | None, force: bool, quiet: bool) -> None:
     """Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch.
 
     Every graph is run with onnxruntime at several input sizes and compared with the PyTorch
     module; the parity table is printed and the bundle is written only if all of it passes.
     """
     from ..export import export_bundle, load_profile
+    from ..export.int8 import QualityGate
 
     if dynamic and tile:
         raise CDCompressError("--dynamic and --tile exclude each other; pass one of them")
     if int8 and (trt or fp16 or tile):
         raise CDCompressError("--int8 makes dynamic-shape CPU graphs; drop --trt, --fp16 and --tile")
-    if (calibration or held_out) and not int8:
-        raise CDCompressError("--calibration and --held-out apply to --int8 only")
+    if (calibration or held_out or reference) and not int8:
+        raise CDCompressError("--calibration, --held-out and --reference apply to --int8 only")
     if calibration and not held_out:
         raise CDCompressError("INT8 with --calibration needs --held-out photos for the quality gate (never calibrated on)")
     profile = load_profile(profile_ref or ("trt-fp16" if trt else "onnx-dynamic"))
@@ -61,7 +70,8 @@ def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, leve
     if int8:
         if out.exists() and not force:  # fail before the float32 export, not after it
             raise CDCompressError(f"{out} already exists; choose another --out or pass --force to replace it")
-        _export_int8(loaded, model, model_dir, out, profile, levels, calibration, held_out, force, quiet)
+        gate = QualityGate(max_cascade_rmse=max_cascade_rmse)
+        _export_int8(loaded, model, model_dir, out, profile, levels, calibration, held_out, reference, gate, force, quiet)
         return
     result = export_bundle(loaded, out, profile, parse_levels(levels) if levels else None, model_ref=model,
                            model_dir=model_dir, tensorrt=trt, overwrite=force, echo=click.echo, progress=not quiet)
@@ -75,24 +85,43 @@ def export(model: str, onnx_flag: bool, trt: bool, profile_ref: str | None, leve
 
 
 def _export_int8(loaded: Any, model_ref: str, model_dir: Path | None, out: Path, profile: Any, levels: str | None,
-                 calibration: Path | None, held_out: Path | None, force: bool, quiet: bool) -> None:
-    """The verified float32 bundle first (in a scratch folder), then its gated int8 copy at ``out``."""
+                 calibration: Path | None, held_out: Path | None, reference: str | None, gate: Any, force: bool,
+                 quiet: bool) -> None:
+    """The verified float32 bundle first (in a scratch folder), then its gated int8 copy at ``out``: levels trained
+    for INT8 (``cdcompress quantize``) keep their trained activation ranges, the others are calibrated."""
     import tempfile
 
+    from ..distill.quantize import META_KEY, trained_ranges
     from ..export import export_bundle
     from ..export.int8 import quantize_bundle
 
+    chosen = parse_levels(levels) if levels else None
+    ranges = trained_ranges(loaded, chosen)
+    reference = reference or _fine_tuned_from(loaded.meta.get(META_KEY))
     with tempfile.TemporaryDirectory(prefix="cdcompress-fp32-") as scratch:
-        export_bundle(loaded, Path(scratch) / "fp32", profile.with_overrides(dynamic=True),
-                      parse_levels(levels) if levels else None, model_ref=model_ref, model_dir=model_dir,
-                      echo=lambda _: None, progress=not quiet)
-        result = quantize_bundle(Path(scratch) / "fp32", out, calibration, held_out, overwrite=force, echo=click.echo)
+        export_bundle(loaded, Path(scratch) / "fp32", profile.with_overrides(dynamic=True), chosen, model_ref=model_ref,
+                      model_dir=model_dir, echo=lambda _: None, progress=not quiet)
+        judge = None
+        if reference:
+            reference_model, _ = resolve_model(reference)
+            judge = Path(scratch) / "reference"
+            export_bundle(reference_model, judge, profile.with_overrides(dynamic=True), chosen or loaded.levels,
+                          model_ref=reference, echo=lambda _: None, progress=not quiet)
+            click.echo(f"gate reference: the float32 graphs of {reference}")
+        result = quantize_bundle(Path(scratch) / "fp32", out, calibration, held_out, gate=gate, overwrite=force,
+                                 echo=click.echo, ranges=ranges, reference=judge)
     size = sum(f["bytes"] for f in result.manifest["files"].values())
     int8_levels = result.manifest["int8_levels"]
     float_levels = [k for k in result.manifest["levels"] if k not in int8_levels]
     click.echo(f"wrote {out} (int8 levels {','.join(map(str, int8_levels))}"
                + (f", float32 levels {','.join(map(str, float_levels))} (past the gate)" if float_levels else "")
                + f", {size / 1e6:.2f} MB; float32 parity verified, int8 levels passed the quality gate)")
+
+
+def _fine_tuned_from(record: Any) -> str | None:
+    """The model a quantization-aware model was fine-tuned from, when that path still exists here."""
+    source = ((record or {}).get("training") or {}).get("source") if isinstance(record, dict) else None
+    return source if isinstance(source, str) and source and Path(source).is_dir() else None
 
 
 _BUILTINS = BUILTIN_HELP.split(": ", 1)[1]

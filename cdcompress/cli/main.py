@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("evaluate", "eval_group", "Evaluate a model: reconstruction quality, style distance, cost."),
     "export": ("export", "export", "Export MODEL to a bundle of per-level encoder/decoder graphs, verified against PyTorch."),
     "inspect": ("models", "inspect", "Parameters, bytes on disk and MACs per part and level of MODEL."),
+    "quantize": ("quantize", "quantize",
+                 "Fine-tune MODEL for INT8 (quantization-aware, collaborator in the loop) and measure its INT8 graphs."),
     "recipes": ("distill", "recipes", "List the bundled recipes (or `recipes show NAME`)."),
     "stylize": ("stylize", "stylize_command",
                 "Stylize CONTENT with STYLE using MODEL's encoder/decoder pairs (teacher or student)."),

@@ -82,6 +82,7 @@ class Distiller:
         self.init_branches = True  # False keeps the random Q (torch's default init); see prepare()
         self.latent = False  # a latent interface (Slimming(latent=True)): output branches are the frozen identity
         self._branches_fitted = False  # Q is least-squares initialised once, before the first fit's first step
+        self.quantize = "off"  # "int8": the student and its decoder train fake-quantized (enable_int8)
         self._teacher_features = FeatureExtractor(self.teacher, list(dict.fromkeys([*self.features, *perceptual_taps])))
         self._student_features = FeatureExtractor(self.student, self.features)
         self.perceptual = FeatureExtractor(self.teacher, list(perceptual_taps))
@@ -96,13 +97,37 @@ class Distiller:
 
     @property
     def needs_prepare(self) -> bool:
-        """Whether the next fit must draw a batch for :meth:`prepare` (only before Q's least-squares init)."""
-        return self.init_branches and not self._branches_fitted
+        """Whether the next fit must draw a batch for :meth:`prepare` (only before Q's least-squares init, or while an
+        INT8 student has no activation ranges yet)."""
+        return (self.init_branches and not self._branches_fitted) or self._needs_calibration()
+
+    def enable_int8(self) -> None:
+        """Train the student as its INT8 graph will run (quantization-aware): weights and activations fake-quantized
+        in the exporter's scheme (:mod:`~cdcompress.surgery.fake_quant`), activation ranges calibrated on the first
+        batch; stage 3's decoder likewise. The saved student holds float weights and, in ``model.json``, the ranges
+        ``cdcompress export --int8`` then uses."""
+        from ..surgery import fake_quant
+
+        try:
+            fake_quant.attach_fake_quant(self.student)
+        except fake_quant.QuantizationError as exc:
+            raise CDCompressError(f"quantize int8: {exc}") from None
+        self.quantize = "int8"
+
+    def _needs_calibration(self) -> bool:
+        from ..surgery import fake_quant
+
+        return self.quantize == "int8" and not all(q.calibrated for q in fake_quant.quantizers(self.student).values())
 
     def prepare(self, batch: Batch) -> None:
-        """Before the first step of the first fit: each branch Q set to the least-squares map from the student's
-        features to the teacher's on ``batch`` (see :mod:`~cdcompress.distill.branch_init`); later calls keep Q."""
-        if not self.needs_prepare:
+        """Before the first step of the first fit: an INT8 student's activation ranges calibrated on ``batch``, then
+        each branch Q set to the least-squares map from the student's features to the teacher's on it (see
+        :mod:`~cdcompress.distill.branch_init`); later calls keep both."""
+        if self._needs_calibration():
+            from ..surgery import fake_quant
+
+            fake_quant.calibrate(self.student, [batch.input])
+        if not (self.init_branches and not self._branches_fitted):
             return
         self.set_train(False)
         with torch.no_grad():
@@ -203,6 +228,8 @@ class Distiller:
         perceptual loss on the teacher's features (the teacher pair shown in samples). Returns ``(decoder, result)``;
         the decoder is also what :meth:`save_student` writes by default."""
         decoder = starting_decoder(self.decoder_start(), init)
+        if self.quantize == "int8":
+            self._int8_decoder(decoder, data)
         reference = EncoderDecoderPair(self.teacher, self.collaborator)
         result = train_decoder(name, self.deployable(), decoder, data, config, self.teacher, self.perceptual.taps,
                                lambda_p, run_dir, resume, reference, held_out)
@@ -216,8 +243,24 @@ class Distiller:
                                    self.branches[branch_key(self.template)] if single else None,
                                    self.slimmed.kept, self.seed)
 
+    def _int8_decoder(self, decoder: nn.Module, data: object) -> None:
+        """Fake-quantize stage 3's decoder, its ranges calibrated on one batch's features (and their WCT maps), as the
+        INT8 encoder gives them; a resumed stage 3 then reads the trained ranges from its checkpoint."""
+        from ..data.batches import batches
+        from ..surgery import fake_quant
+        from .quantize import calibrate_decoder
+
+        batch = next(batches(data, 0, 1)).to(next(self.student.parameters()).device)
+        if self._needs_calibration():  # stage 2 did not run
+            fake_quant.calibrate(self.student, [batch.input])
+        try:
+            fake_quant.attach_fake_quant(decoder)
+        except fake_quant.QuantizationError as exc:
+            raise CDCompressError(f"quantize int8: {exc}") from None
+        calibrate_decoder(self.deployable(), decoder, [batch.input], fake_quant.DEFAULT_PERCENTILE)
+
     def deployable(self) -> nn.Module:
-        """The student encoder alone: no branches, no hooks, frozen copy."""
+        """The student encoder alone: no branches, frozen copy (fake-quantized when the student trains for INT8)."""
         return freeze(copy.deepcopy(self.student))
 
     def output_embedding(self) -> dict[str, nn.Module]:
@@ -276,6 +319,10 @@ class Distiller:
         if isinstance(encoder, VGGEncoder) and isinstance(decoder, VGGDecoder):
             level = encoder.spec.level
             model = CDModel(encoders={level: encoder}, decoders={level: decoder}, meta={"source": report})
+            if self.quantize == "int8":
+                from .quantize import with_trained_ranges
+
+                model = with_trained_ranges(model, "distill")
             model.branches[level] = portable_branches(self.branches)
             return save(model, path, overwrite=overwrite)
         return save_pair(encoder, decoder, path, teacher=(self.teacher, self.collaborator), widths=self.slimmed.widths(),
@@ -428,6 +475,7 @@ def apply(
     beta: float = 1.0,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     seed: int = 0,
+    quantize: str = "off",
     **objective_options: Any,
 ) -> Distiller:
     """Prepare collaborative distillation of encoder ``model`` against its decoder ``collaborator``.
@@ -444,8 +492,11 @@ def apply(
     10, which the same study found worse there. ``example_inputs`` (a tuple) is what torch-pruning traces. ``seed`` seeds the
     slimming and the branch initialisation through a generator of its own (a :class:`~cdcompress.surgery.slim.Slimming`
     passed as ``slim`` keeps its own seed for the importance criterion): torch's global RNG is neither read,
-    advanced nor reseeded. The caller's modules are copied, never changed.
+    advanced nor reseeded. The caller's modules are copied, never changed. ``quantize="int8"`` trains the student (and
+    stage 3's decoder) for INT8, see :meth:`Distiller.enable_int8`.
     """
+    if quantize not in ("off", "int8"):
+        raise CDCompressError(f"quantize must be 'off' or 'int8', got {quantize!r}")
     slimming = Slimming.of(slim, seed)
     chosen = resolve_objective(objective, objective_options)
     teacher = freeze(copy.deepcopy(model).cpu())
@@ -482,4 +533,6 @@ def apply(
                           features if perceptual_taps is None else perceptual_taps, chosen, beta,
                           tuple(int(d) for d in example.shape), seed)
     distiller.latent = slimming.latent
+    if quantize == "int8":
+        distiller.enable_int8()
     return distiller

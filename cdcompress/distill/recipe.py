@@ -106,15 +106,25 @@ class StudentSpec(_Strict):
         None, description="a budget instead of a width (cdcompress.core.budget.Budget's fields): the widths are searched to "
                           "meet it (width and level_width are then not used), e.g. {macs: '50%', size: 512} or "
                           "{latency_ms: 40, runtime: bundle}")
+    quantize: Literal["off", "int8"] = Field(
+        "off", description="int8: stage 2 and stage 3 train the student fake-quantized in the INT8 exporter's scheme "
+                           "(quantization-aware); the saved student carries the activation ranges `export --int8` uses")
     drop_in: Literal["off", "auto", "folded", "appended"] = Field(
         "off", description="also save drop_in/: the student with its output embedding Q kept (folded into the last "
                            "layer where exact, else appended), paired with the collaborator (the teacher's decoder)")
 
-    @field_validator("drop_in", mode="before")
+    @field_validator("drop_in", "quantize", mode="before")
     @classmethod
-    def _drop_in_off_is_not_a_boolean(cls, value: Any) -> Any:
+    def _off_is_not_a_boolean(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare ``off`` as False; that can only mean "off"."""
         return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _quantized_students_are_not_drop_in(self) -> StudentSpec:
+        if self.quantize != "off" and self.drop_in != "off":
+            raise ValueError("quantize int8 and drop_in exclude each other (a drop-in student keeps the float "
+                             "teacher's decoder); set one of them to off")
+        return self
 
     @field_validator("target")
     @classmethod

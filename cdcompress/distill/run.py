@@ -159,6 +159,10 @@ class RecipeRun:
         """VGG students as one multi-level model directory; any other pair per level in the module family."""
         form = self.recipe.student.drop_in
         if _is_vgg(student):
+            if self.recipe.student.quantize == "int8":  # float weights + the ranges they trained with
+                from .quantize import with_trained_ranges
+
+                student = with_trained_ranges(student, "distill")
             save(student, self.run_dir / "student", overwrite=True)
             if form != "off":
                 save(drop_in_model(distillers, form), self.run_dir / "drop_in", overwrite=True)

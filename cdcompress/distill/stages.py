@@ -151,7 +151,7 @@ class DistillStage:
         example = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(recipe.seed))
         distiller = apply(encoder, state.collaborator, slim=slimming, objective=objective.kind,
                           taps=embedding_taps(recipe, encoder, level), beta=recipe.embed.beta, seed=recipe.seed,
-                          example_inputs=(example,), **options)
+                          example_inputs=(example,), quantize=student.quantize, **options)
         distiller.init_branches = recipe.embed.init == "lstsq"
         return distiller
 
