@@ -91,13 +91,14 @@ def _export_int8(loaded: Any, model_ref: str, model_dir: Path | None, out: Path,
     for INT8 (``cdcompress quantize``) keep their trained activation ranges, the others are calibrated."""
     import tempfile
 
-    from ..distill.quantize import META_KEY, trained_ranges
     from ..export import export_bundle
     from ..export.int8 import quantize_bundle
+    from ..export.int8_record import fine_tuned_from, trained_ranges
 
     chosen = parse_levels(levels) if levels else None
     ranges = trained_ranges(loaded, chosen)
-    reference = reference or _fine_tuned_from(loaded.meta.get(META_KEY))
+    source = fine_tuned_from(loaded)
+    reference = reference or (source if source and Path(source).is_dir() else None)
     with tempfile.TemporaryDirectory(prefix="cdcompress-fp32-") as scratch:
         export_bundle(loaded, Path(scratch) / "fp32", profile.with_overrides(dynamic=True), chosen, model_ref=model_ref,
                       model_dir=model_dir, echo=lambda _: None, progress=not quiet)
@@ -116,12 +117,6 @@ def _export_int8(loaded: Any, model_ref: str, model_dir: Path | None, out: Path,
     click.echo(f"wrote {out} (int8 levels {','.join(map(str, int8_levels))}"
                + (f", float32 levels {','.join(map(str, float_levels))} (past the gate)" if float_levels else "")
                + f", {size / 1e6:.2f} MB; float32 parity verified, int8 levels passed the quality gate)")
-
-
-def _fine_tuned_from(record: Any) -> str | None:
-    """The model a quantization-aware model was fine-tuned from, when that path still exists here."""
-    source = ((record or {}).get("training") or {}).get("source") if isinstance(record, dict) else None
-    return source if isinstance(source, str) and source and Path(source).is_dir() else None
 
 
 _BUILTINS = BUILTIN_HELP.split(": ", 1)[1]

@@ -24,7 +24,7 @@ from .options import parse_levels
 @click.option("--batch", type=click.IntRange(min=2), default=4, show_default=True)
 @click.option("--crop", type=click.IntRange(min=16), default=256, show_default=True)
 @click.option("--resize", type=click.IntRange(min=16), default=300, show_default=True, help="Shorter side before cropping.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
 @click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Weight of the feature MSE against the float encoder (relative to the features' power).")
 @click.option("--wct-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -50,6 +50,6 @@ def quantize(model: str, out: Path, train: tuple[Path, ...], held_out: Path | No
     train_paths, held_out_paths = teacher_photos(train, (held_out,) if held_out else (), run_dir)
     _, result = write_quantized(loaded, train_paths, held_out_paths, settings, out, held_out_folder=held_out,
                                 run_dir=run_dir, resume=resume, overwrite=force, source=model, echo=click.echo)
-    int8 = result.manifest["int8_levels"]
+    int8 = result.manifest["int8_levels"] if result is not None else []
     click.echo(f"wrote {out}; its INT8 graphs pass the gate at level(s) {','.join(map(str, int8)) or 'none'} against "
                f"{model}; export with `cdcompress export {out} --int8 --reference {model}`")

@@ -73,10 +73,13 @@ def _backend(runtime: str, model: CDModel, levels: Sequence[int], scratch: Path,
     if runtime == "bundle":
         return OnnxBackend(bundle, threads=threads), ""
     from ..export.int8 import quantize_bundle
+    from ..export.int8_record import trained_ranges
 
-    result = quantize_bundle(bundle, scratch / f"{name}-int8", echo=lambda _line: None)
+    ranges = trained_ranges(model, levels)  # a quantization-aware model: the ranges it trained with
+    result = quantize_bundle(bundle, scratch / f"{name}-int8", echo=lambda _line: None, ranges=ranges)
     levels = result.manifest["int8_levels"]
-    return OnnxBackend(result.path, threads=threads), f"{name}: int8 levels {','.join(map(str, levels))}"
+    how = "trained" if ranges else "calibrated"
+    return OnnxBackend(result.path, threads=threads), f"{name}: int8 levels {','.join(map(str, levels)) or 'none'} ({how} ranges)"
 
 
 def compare_runtimes(models: dict[str, CDModel], levels: Sequence[int], size: int = 1024, *,

@@ -320,7 +320,7 @@ class Distiller:
             level = encoder.spec.level
             model = CDModel(encoders={level: encoder}, decoders={level: decoder}, meta={"source": report})
             if self.quantize == "int8":
-                from .quantize import with_trained_ranges
+                from ..export.int8_record import with_trained_ranges
 
                 model = with_trained_ranges(model, "distill")
             model.branches[level] = portable_branches(self.branches)

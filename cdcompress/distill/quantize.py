@@ -32,20 +32,17 @@ from torch import nn
 from ..core.errors import CDCompressError
 from ..data.batches import Batch, CropSampler
 from ..data.holdout import check_disjoint, content_digest
-from ..export.bundle import parameters_sha256
+from ..export.errors import ExportError
+from ..export.int8_record import META_KEY, SCHEME, level_record, trained_ranges
 from ..models.format import CDModel
 from ..surgery import fake_quant
 from ..surgery.modules import freeze
 from .trainer import TrainConfig, Trainer
 
-#: Where a model directory keeps its trained INT8 scheme (``model.json``).
-META_KEY = "int8"
-SCHEME = "onnxruntime-qdq: per-channel symmetric int8 weights, per-tensor uint8 activations, pixel convs float"
-
 
 @dataclass
 class QuantizeSettings:
-    """How :func:`quantize_model` fine-tunes. A short fine-tune from a trained float student: small learning rate."""
+    """How :func:`quantize_model` fine-tunes: a short fine-tune of a trained float student (cosine from ``lr`` to a tenth)."""
 
     levels: tuple[int, ...] = ()  # () = every level of the model
     encoder_steps: int = 300
@@ -53,7 +50,7 @@ class QuantizeSettings:
     batch: int = 4
     resize: int = 300
     crop: int = 256
-    lr: float = 1e-5
+    lr: float = 1e-4
     beta: float = 1.0  # feature MSE against the float encoder, relative to the features' power (scale-free)
     wct_weight: float = 1.0  # stage 3: MSE against the float pair's WCT result
     percentile: float = fake_quant.DEFAULT_PERCENTILE
@@ -228,55 +225,6 @@ def quantize_model(model: CDModel, train: Sequence[Path], held_out: Sequence[Pat
     return result
 
 
-def level_record(encoder: nn.Module, decoder: nn.Module, ranges: dict[str, fake_quant.Ranges]) -> dict[str, Any]:
-    """One level's entry under ``model.json``'s ``int8``: the ranges and the digests of the weights they belong to."""
-    return {**{role: {p: list(r) for p, r in found.items()} for role, found in ranges.items()},
-            "weights_sha256": {"encoder": parameters_sha256(encoder), "decoder": parameters_sha256(decoder)}}
-
-
-def with_trained_ranges(model: CDModel, how: str) -> CDModel:
-    """A saveable copy of a model whose pairs train fake-quantized: float weights, and the ranges in ``meta["int8"]``
-    (``how`` says which training made them)."""
-    result = CDModel(family=model.family, encoders={}, decoders={}, branches=dict(model.branches),
-                     meta=copy.deepcopy(model.meta))
-    record: dict[str, Any] = {"scheme": SCHEME, "levels": {}, "training": {"how": how}}
-    for level in sorted(set(model.encoders) | set(model.decoders)):
-        parts = {role: copy.deepcopy(table[level]) for role, table in (("encoder", model.encoders),
-                                                                       ("decoder", model.decoders)) if level in table}
-        ranges = {role: fake_quant.detach_fake_quant(part) for role, part in parts.items()
-                  if fake_quant.is_fake_quantized(part)}
-        result.encoders.update({level: parts["encoder"]} if "encoder" in parts else {})
-        result.decoders.update({level: parts["decoder"]} if "decoder" in parts else {})
-        if len(ranges) == 2:
-            record["levels"][str(level)] = level_record(parts["encoder"], parts["decoder"], ranges)
-    if record["levels"]:
-        result.meta[META_KEY] = record
-    return result
-
-
-def trained_ranges(model: CDModel, levels: Sequence[int] | None = None) -> dict[int, dict[str, fake_quant.Ranges]]:
-    """The per-level activation ranges a quantization-aware model carries (``{}`` for a float model), checked
-    against the weights they were trained with: ranges of other weights would round a different network."""
-    record = model.meta.get(META_KEY)
-    if record is None:
-        return {}
-    try:
-        found = {int(level): {role: {p: (float(r[0]), float(r[1])) for p, r in entry[role].items()}
-                              for role in ("encoder", "decoder")}
-                 for level, entry in record["levels"].items()}
-        digests = {int(level): entry.get("weights_sha256") for level, entry in record["levels"].items()}
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise CDCompressError(f"model.json: its '{META_KEY}' record is malformed; re-run `cdcompress quantize` "
-                              "or remove the record to quantize after training") from None
-    wanted = [k for k in (levels if levels is not None else found) if k in found]
-    for level in wanted:
-        current = {"encoder": parameters_sha256(model.encoder(level)), "decoder": parameters_sha256(model.decoder(level))}
-        if digests[level] is not None and digests[level] != current:
-            raise CDCompressError(f"level {level}'s weights changed after its INT8 ranges were trained; re-run "
-                                  "`cdcompress quantize` on this model (or remove the 'int8' record from model.json)")
-    return {k: found[k] for k in wanted}
-
-
 def measure_int8(qat: CDModel, reference: CDModel, levels: Sequence[int], held_out: Path | None,
                  echo: Callable[[str], None] | None = None) -> Any:
     """The INT8 bundle of ``qat`` (its trained ranges) judged against ``reference``'s float32 graphs on the held-out
@@ -296,19 +244,45 @@ def measure_int8(qat: CDModel, reference: CDModel, levels: Sequence[int], held_o
                                ranges=trained_ranges(qat, levels), reference=bundles["reference"])
 
 
+def restore_float_levels(qat: CDModel, source: CDModel, levels: Sequence[int]) -> None:
+    """Give ``levels`` of ``qat`` back the source model's float weights and drop their INT8 ranges: a level that will
+    run in float32 should run as the float model it replaces, not as weights tuned for rounding."""
+    for level in levels:
+        qat.encoders[level] = copy.deepcopy(source.encoder(level))
+        qat.decoders[level] = copy.deepcopy(source.decoder(level))
+        qat.meta[META_KEY]["levels"].pop(str(level), None)
+    qat.meta[META_KEY]["float_levels"] = sorted(int(k) for k in levels)
+
+
 def write_quantized(model: CDModel, train: Sequence[Path], held_out: Sequence[Path], settings: QuantizeSettings,
                     out: str | Path, *, held_out_folder: Path | None = None, run_dir: str | Path | None = None,
                     resume: bool = False, overwrite: bool = False, source: str = "",
                     echo: Callable[[str], None] | None = None) -> tuple[CDModel, Any]:
     """:func:`quantize_model`, its INT8 graphs measured against ``model`` (:func:`measure_int8`; the table and the
-    cascade go to ``echo`` and into ``model.json``), then saved to ``out``."""
+    cascade go to ``echo`` and into ``model.json``), then saved to ``out``. Levels whose INT8 graphs fail the gate get
+    the source's float weights back (:func:`restore_float_levels`) and are measured again. Returns the model and the
+    exporter's result (None when the gate refused every level: the model is written all the same)."""
     from ..models.format import save
 
     if Path(out).exists() and not overwrite:
         raise CDCompressError(f"{out} already exists; choose another --out or pass --force")
     qat = quantize_model(model, train, held_out, settings, run_dir, resume, source)
     levels = sorted(int(k) for k in qat.meta[META_KEY]["levels"])
-    result = measure_int8(qat, model, levels, held_out_folder, echo)
+    say = echo or (lambda _line: None)
+    try:
+        result = measure_int8(qat, model, levels, held_out_folder, echo)
+    except ExportError as exc:  # the fine-tune is kept (inspect it, or --resume with more steps); the record says why
+        qat.meta[META_KEY]["quality"] = {"refused": str(exc), "int8_levels": []}
+        save(qat, out, overwrite=overwrite)
+        say(f"no level passes the INT8 gate ({exc}); the fine-tuned model was written all the same, for inspection "
+            "or a longer run with --resume")
+        return qat, None
+    failed = [k for k in levels if k not in result.manifest["int8_levels"]]
+    if failed:  # those levels deploy in float32: with the weights they had
+        restore_float_levels(qat, model, failed)
+        say(f"level(s) {','.join(map(str, failed))}: INT8 past the gate, so they keep the source model's float "
+            "weights; measuring again")
+        result = measure_int8(qat, model, levels, held_out_folder, echo)
     qat.meta[META_KEY]["quality"] = {"rows": [r.as_dict() for r in result.rows], "cascade": result.cascade.as_dict(),
                                      "int8_levels": result.manifest["int8_levels"], "reference": source or "source model"}
     save(qat, out, overwrite=overwrite)
@@ -316,5 +290,4 @@ def write_quantized(model: CDModel, train: Sequence[Path], held_out: Sequence[Pa
 
 
 __all__ = ["DecoderQAT", "EncoderQAT", "QuantizeSettings", "calibrate_decoder", "calibrate_pair", "measure_int8",
-           "level_record", "quantize_level", "quantize_model", "stylized_features", "trained_ranges", "with_trained_ranges",
-           "write_quantized"]
+           "quantize_level", "quantize_model", "restore_float_levels", "stylized_features", "write_quantized"]

@@ -160,7 +160,7 @@ class RecipeRun:
         form = self.recipe.student.drop_in
         if _is_vgg(student):
             if self.recipe.student.quantize == "int8":  # float weights + the ranges they trained with
-                from .quantize import with_trained_ranges
+                from ..export.int8_record import with_trained_ranges
 
                 student = with_trained_ranges(student, "distill")
             save(student, self.run_dir / "student", overwrite=True)
