@@ -77,6 +77,26 @@ def test_attach_detach_round_trip() -> None:
         fq.set_ranges(decoder, ranges)
 
 
+def test_decoder_input_sits_on_the_encoder_grid() -> None:
+    """Calibrating a pair puts the decoder's input on the encoder's output grid (same scale, a few negative steps for
+    WCT maps): the encoder's rounded features then pass into the decoder without a second rounding."""
+    from cdcompress.distill.quantize import MAX_NEGATIVE_STEPS, calibrate_pair
+
+    student = random_student()
+    encoder = fq.attach_fake_quant(copy.deepcopy(student.encoder(3)))
+    decoder = fq.attach_fake_quant(copy.deepcopy(student.decoder(3)))
+    calibrate_pair(encoder, decoder, _photos(4, 1), fq.DEFAULT_PERCENTILE)
+    out_scale, _ = fq.activation_qparams(*fq.ranges_of(encoder)["relu3_1"])
+    in_scale, zero = fq.activation_qparams(*fq.ranges_of(decoder)["input"])
+    assert in_scale == pytest.approx(out_scale, rel=1e-6) and 0 < zero <= MAX_NEGATIVE_STEPS  # WCT maps go negative
+    with torch.no_grad():
+        features = encoder(_photos(1, 5)[0])
+        requantized = fq.quantizers(decoder)["input"](features)
+    held = features <= (255 - zero) * in_scale
+    assert held.float().mean() > 0.99
+    assert torch.allclose(requantized[held], features[held], atol=1e-4 * in_scale)
+
+
 @pytest.mark.parametrize("level", [1, 3, 5])
 def test_fake_quantized_pair_is_the_exported_int8_graph(level: int, tmp_path: Path) -> None:
     """The INT8 graphs written with a pair's ranges compute what the fake-quantized PyTorch pair computes. Integer

@@ -20,6 +20,7 @@ as the post-training exporter calibrates) and then kept; the model written holds
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,6 +165,28 @@ def calibrate_decoder(encoder: nn.Module, decoder: nn.Module, images: Sequence[t
         mapped = [stylized_features(torch.cat([f, features[(i + 1) % len(features)]]))[:1]
                   for i, f in enumerate(features)]
     fake_quant.calibrate(decoder, [*features, *mapped], percentile)
+    if fake_quant.is_fake_quantized(encoder):
+        align_decoder_input(encoder, decoder)
+
+
+#: At most this many of a decoder input's 256 steps go to negative values (WCT output) when aligned to its encoder.
+MAX_NEGATIVE_STEPS = 64
+
+
+def align_decoder_input(encoder: nn.Module, decoder: nn.Module) -> None:
+    """Put the decoder's input on its encoder's output grid: the same scale, the zero point shifted just enough to
+    hold the negative values WCT maps produce (at most :data:`MAX_NEGATIVE_STEPS` steps).
+
+    Why: the encoder's features arrive already rounded to its grid; re-rounding them onto another grid (one wide
+    enough for WCT maps) adds a second rounding error, which measured 1 dB of reconstruction at level 2 of the 16x
+    students (33.5 vs 34.5 dB with only that point quantized). On the same grid a reconstruction passes unchanged,
+    and only the rarest top values of a stylization clip."""
+    output = fake_quant.quantizers(encoder)[fake_quant.quant_points(encoder)[-1]]
+    head = fake_quant.quantizers(decoder)[fake_quant.INPUT]
+    scale, _ = output.qparams()
+    negative = min(math.ceil(max(0.0, -float(head.rmin)) / scale), MAX_NEGATIVE_STEPS)
+    low = -negative * scale
+    head.set_range(low, low + (fake_quant.ACTIVATION_QMAX - fake_quant.ACTIVATION_QMIN) * scale)
 
 
 def _config(settings: QuantizeSettings, steps: int) -> TrainConfig:
@@ -290,4 +313,5 @@ def write_quantized(model: CDModel, train: Sequence[Path], held_out: Sequence[Pa
 
 
 __all__ = ["DecoderQAT", "EncoderQAT", "QuantizeSettings", "calibrate_decoder", "calibrate_pair", "measure_int8",
-           "quantize_level", "quantize_model", "restore_float_levels", "stylized_features", "write_quantized"]
+           "align_decoder_input", "quantize_level", "quantize_model", "restore_float_levels", "stylized_features",
+           "write_quantized"]
