@@ -70,22 +70,30 @@ def bundles(models: dict[str, Any], scratch: Path, echo: Callable[[str], None]) 
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         fp32 = scratch / f"{name}-fp32"
-        export_bundle(model, fp32, "onnx-dynamic", LEVELS, echo=lambda _: None, progress=False)
+        if not (fp32 / "manifest.json").is_file():  # a --workdir keeps bundles from an earlier run
+            export_bundle(model, fp32, "onnx-dynamic", LEVELS, echo=lambda _: None, progress=False, overwrite=True)
         out[name] = {"fp32": fp32}
         ranges = trained_ranges(model, LEVELS)
         kind = "qat" if ranges else "ptq"
         if name != "teacher":  # a random-weight teacher's gate judges noise: its INT8 row is the ungated speed figure
             reference = out.get("student", {}).get("fp32") if kind == "qat" else None
-            try:
-                result = quantize_bundle(fp32, scratch / f"{name}-{kind}", ranges=ranges, reference=reference,
-                                         echo=lambda line, n=name: echo(f"[{n}] {line}"))
-                out[name][kind] = result.path
-                out[name][f"{kind}-levels"] = result.manifest["int8_levels"]
-            except ExportError as exc:
-                out[name][kind] = f"refused: {str(exc).split(';')[0]}"
-        if kind == "ptq":
+            cached = scratch / f"{name}-{kind}" / "manifest.json"
+            if cached.is_file():
+                out[name][kind] = cached.parent
+                out[name][f"{kind}-levels"] = json.loads(cached.read_text())["int8_levels"]
+            else:
+                try:
+                    result = quantize_bundle(fp32, scratch / f"{name}-{kind}", ranges=ranges, reference=reference,
+                                             echo=lambda line, n=name: echo(f"[{n}] {line}"), overwrite=True)
+                    out[name][kind] = result.path
+                    out[name][f"{kind}-levels"] = result.manifest["int8_levels"]
+                except ExportError as exc:
+                    out[name][kind] = f"refused: {str(exc).split(';')[0]}"
+        if kind == "ptq" and (scratch / f"{name}-ptq-all" / "manifest.json").is_file():
+            out[name]["ptq-all"] = scratch / f"{name}-ptq-all"
+        elif kind == "ptq":
             loose = QualityGate(max_psnr_drop=1e9, max_wct_rmse=1e9, max_cascade_rmse=1e9)
-            result = quantize_bundle(fp32, scratch / f"{name}-ptq-all", gate=loose, echo=lambda _: None)
+            result = quantize_bundle(fp32, scratch / f"{name}-ptq-all", gate=loose, echo=lambda _: None, overwrite=True)
             out[name]["ptq-all"] = result.path
     return out
 
@@ -215,6 +223,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-process", action="store_true", help="skip the one-off process timings")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the float32 bundles here between runs [default: a temporary folder]")
+    parser.add_argument("--build-only", action="store_true", help="build the bundles into --workdir and stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -226,8 +237,11 @@ def main() -> None:
           f"{args.threads} threads, torch {torch.__version__}\n")
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cdcompress-int8-bench-") as tmp:
-        scratch = Path(tmp)
+        scratch = args.workdir or Path(tmp)
+        scratch.mkdir(parents=True, exist_ok=True)
         built = bundles(models, scratch, lambda line: print(line, file=sys.stderr))
+        if args.build_only:
+            return
         for name, found in built.items():
             print(f"- {name}: " + ", ".join(f"{k} {v if not isinstance(v, Path) else 'built'}" for k, v in found.items()))
         photo = held_out_photo(scratch)

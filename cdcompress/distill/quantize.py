@@ -249,7 +249,7 @@ def quantize_model(model: CDModel, train: Sequence[Path], held_out: Sequence[Pat
 
 
 def measure_int8(qat: CDModel, reference: CDModel, levels: Sequence[int], held_out: Path | None,
-                 echo: Callable[[str], None] | None = None) -> Any:
+                 echo: Callable[[str], None] | None = None, cascade: bool = True) -> Any:
     """The INT8 bundle of ``qat`` (its trained ranges) judged against ``reference``'s float32 graphs on the held-out
     photos (scikit-image's held-out pair when ``held_out`` is None): per-level and cascade gate, in a scratch folder.
     Returns the exporter's :class:`~cdcompress.export.int8.Int8Result` (its bundle is gone afterwards)."""
@@ -263,18 +263,21 @@ def measure_int8(qat: CDModel, reference: CDModel, levels: Sequence[int], held_o
         for name, model in (("qat", qat), ("reference", reference)):
             bundles[name] = Path(scratch) / name
             export_bundle(model, bundles[name], "onnx-dynamic", sorted(levels), echo=lambda _line: None, progress=False)
-        return quantize_bundle(bundles["qat"], Path(scratch) / "int8", held_out=held_out, echo=echo,
-                               ranges=trained_ranges(qat, levels), reference=bundles["reference"])
+        return quantize_bundle(bundles["qat"], Path(scratch) / "int8", held_out=held_out, echo=echo or (lambda _: None),
+                               ranges=trained_ranges(qat, levels), reference=bundles["reference"], cascade=cascade)
 
 
-def restore_float_levels(qat: CDModel, source: CDModel, levels: Sequence[int]) -> None:
+def restore_float_levels(qat: CDModel, source: CDModel, levels: Sequence[int],
+                         echo: Callable[[str], None] | None = None) -> None:
     """Give ``levels`` of ``qat`` back the source model's float weights and drop their INT8 ranges: a level that will
     run in float32 should run as the float model it replaces, not as weights tuned for rounding."""
+    if levels and echo:
+        echo(f"level(s) {','.join(map(str, levels))}: INT8 past the gate, so they keep the source model's float weights")
     for level in levels:
         qat.encoders[level] = copy.deepcopy(source.encoder(level))
         qat.decoders[level] = copy.deepcopy(source.decoder(level))
         qat.meta[META_KEY]["levels"].pop(str(level), None)
-    qat.meta[META_KEY]["float_levels"] = sorted(int(k) for k in levels)
+    qat.meta[META_KEY]["float_levels"] = sorted({*qat.meta[META_KEY].get("float_levels", []), *map(int, levels)})
 
 
 def write_quantized(model: CDModel, train: Sequence[Path], held_out: Sequence[Path], settings: QuantizeSettings,
@@ -290,28 +293,35 @@ def write_quantized(model: CDModel, train: Sequence[Path], held_out: Sequence[Pa
     if Path(out).exists() and not overwrite:
         raise CDCompressError(f"{out} already exists; choose another --out or pass --force")
     qat = quantize_model(model, train, held_out, settings, run_dir, resume, source)
-    levels = sorted(int(k) for k in qat.meta[META_KEY]["levels"])
-    say = echo or (lambda _line: None)
-    try:
-        result = measure_int8(qat, model, levels, held_out_folder, echo)
-    except ExportError as exc:  # the fine-tune is kept (inspect it, or --resume with more steps); the record says why
-        qat.meta[META_KEY]["quality"] = {"refused": str(exc), "int8_levels": []}
-        save(qat, out, overwrite=overwrite)
-        say(f"no level passes the INT8 gate ({exc}); the fine-tuned model was written all the same, for inspection "
-            "or a longer run with --resume")
-        return qat, None
-    failed = [k for k in levels if k not in result.manifest["int8_levels"]]
-    if failed:  # those levels deploy in float32: with the weights they had
-        restore_float_levels(qat, model, failed)
-        say(f"level(s) {','.join(map(str, failed))}: INT8 past the gate, so they keep the source model's float "
-            "weights; measuring again")
-        result = measure_int8(qat, model, levels, held_out_folder, echo)
-    qat.meta[META_KEY]["quality"] = {"rows": [r.as_dict() for r in result.rows], "cascade": result.cascade.as_dict(),
-                                     "int8_levels": result.manifest["int8_levels"], "reference": source or "source model"}
+    result = settle_int8_levels(qat, model, held_out_folder, source, echo)
     save(qat, out, overwrite=overwrite)
     return qat, result
 
 
+def settle_int8_levels(qat: CDModel, model: CDModel, held_out_folder: Path | None, source: str = "",
+                       echo: Callable[[str], None] | None = None) -> Any:
+    """Decide which fine-tuned levels of ``qat`` deploy in INT8, as ``export --int8`` will judge them against ``model``:
+    per level first (a level past its own gate deploys in float32, so it gets the source's weights back), then the
+    whole cascade (levels it sets back to float32 likewise); the final measurement goes to ``echo`` and into
+    ``qat.meta["int8"]["quality"]``. Returns the exporter's result, or None when the gate refused every level."""
+    levels = sorted(int(k) for k in qat.meta[META_KEY]["levels"])
+    say = echo or (lambda _line: None)
+    try:
+        result = measure_int8(qat, model, levels, held_out_folder, cascade=False)
+        restore_float_levels(qat, model, [k for k in levels if k not in result.manifest["int8_levels"]], say)
+        result = measure_int8(qat, model, levels, held_out_folder)
+        restore_float_levels(qat, model, result.cascade.kept_float, say)
+        result = measure_int8(qat, model, levels, held_out_folder, echo)
+    except ExportError as exc:  # the fine-tune is kept (inspect it, or --resume with more steps); the record says why
+        qat.meta[META_KEY]["quality"] = {"refused": str(exc), "int8_levels": []}
+        say(f"no level passes the INT8 gate ({exc}); the fine-tuned model is written all the same, for inspection "
+            "or a longer run with --resume")
+        return None
+    qat.meta[META_KEY]["quality"] = {"rows": [r.as_dict() for r in result.rows], "cascade": result.cascade.as_dict(),
+                                     "int8_levels": result.manifest["int8_levels"], "reference": source or "source model"}
+    return result
+
+
 __all__ = ["DecoderQAT", "EncoderQAT", "QuantizeSettings", "calibrate_decoder", "calibrate_pair", "measure_int8",
-           "align_decoder_input", "quantize_level", "quantize_model", "restore_float_levels", "stylized_features",
-           "write_quantized"]
+           "align_decoder_input", "quantize_level", "quantize_model", "restore_float_levels", "settle_int8_levels",
+           "stylized_features", "write_quantized"]

@@ -322,7 +322,8 @@ LevelRanges = Mapping[int, Mapping[str, Mapping[str, tuple[float, float]]]]
 def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path | None = None,
                     held_out: str | Path | None = None, gate: QualityGate | None = None, overwrite: bool = False,
                     echo: Callable[[str], None] | None = None, calibration_limit: int = 16,
-                    ranges: LevelRanges | None = None, reference: str | Path | None = None) -> Int8Result:
+                    ranges: LevelRanges | None = None, reference: str | Path | None = None,
+                    cascade: bool = True) -> Int8Result:
     """Write an int8 copy of the float32 VGG-family ``bundle`` to ``out``, or raise when it fails the gate.
 
     ``calibration``: a folder of photos (default scikit-image's bundled photos but their last two);
@@ -332,7 +333,8 @@ def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path
     the float32 bundle the gate compares with (default ``bundle``; a quantization-aware model is judged against the
     float model it was fine-tuned from). Per level, the int8 graphs must pass the gate or the level ships float32;
     then the whole multi-level WCT must stay within ``max_cascade_rmse`` of the reference's, and while it does not,
-    the int8 level whose float32 graphs help the cascade most is set back to float32. The quality table goes to
+    the int8 level whose float32 graphs help the cascade most is set back to float32 (``cascade=False`` skips this
+    whole-cascade step: per-level verdicts only). The quality table goes to
     ``echo`` (the CLI's ``click.echo``), else to this module's logger: library code does not print."""
     echo = echo or log.info
     gate = gate or QualityGate()
@@ -362,23 +364,26 @@ def quantize_bundle(bundle: str | Path, out: str | Path, calibration: str | Path
             raise ExportError(f"INT8 quality gate failed at every level ({detail}); the bundle was not written. "
                               "Calibrate on photos like the ones you will stylize (--calibration), fine-tune with "
                               "`cdcompress quantize`, or deploy the float32 bundle")
-        cascade = _cascade_gate(source, reference_path, staging, manifest["levels"],
-                                [r.level for r in rows if r.passes(gate)], test_images, gate)
-        echo(format_cascade(cascade, gate))
-        if not cascade.passes(gate) or not cascade.int8_levels:
-            raise ExportError(_cascade_failure(cascade, gate))
-        level_precision = {str(k): "int8" if k in cascade.int8_levels else "fp32" for k in manifest["levels"]}
+        passing = [r.level for r in rows if r.passes(gate)]
+        whole = None
+        if cascade:
+            whole = _cascade_gate(source, reference_path, staging, manifest["levels"], passing, test_images, gate)
+            echo(format_cascade(whole, gate))
+            if not whole.passes(gate) or not whole.int8_levels:
+                raise ExportError(_cascade_failure(whole, gate))
+            passing = list(whole.int8_levels)
+        level_precision = {str(k): "int8" if k in passing else "fp32" for k in manifest["levels"]}
         manifest = {**manifest, "precision": bundle_precision(level_precision), "level_precision": level_precision,
-                    "int8_levels": list(cascade.int8_levels),
+                    "int8_levels": passing,
                     "int8": {"calibration": str(calibration or "scikit-image photos"), "images": len(train_images),
                              "trained_ranges": sorted(int(k) for k in ranges), "held_out": [str(p) for p in test],
                              "gate": asdict(gate), "quality": [r.as_dict() for r in rows],
-                             "cascade": cascade.as_dict(), "source_bundle": str(source),
+                             "cascade": whole.as_dict() if whole else None, "source_bundle": str(source),
                              "reference_bundle": str(reference_path)},
                     "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
                               for f in sorted(staging.iterdir()) if f.name != MANIFEST_FILE}}
         write_json(staging / MANIFEST_FILE, manifest)
-    return Int8Result(out, rows, manifest, cascade)
+    return Int8Result(out, rows, manifest, whole)
 
 
 def _cascade_failure(cascade: CascadeQuality, gate: QualityGate) -> str:
