@@ -22,8 +22,8 @@ from .options import parse_levels
 @click.option("--decoder-steps", type=click.IntRange(min=0), default=300, show_default=True,
               help="Stage 3: INT8 decoder on the INT8 encoder.")
 @click.option("--batch", type=click.IntRange(min=2), default=4, show_default=True)
-@click.option("--crop", type=click.IntRange(min=16), default=256, show_default=True)
-@click.option("--resize", type=click.IntRange(min=16), default=300, show_default=True, help="Shorter side before cropping.")
+@click.option("--crop", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--resize", type=click.IntRange(min=16), default=160, show_default=True, help="Shorter side before cropping.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
 @click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Weight of the feature MSE against the float encoder (relative to the features' power).")

@@ -49,8 +49,8 @@ class QuantizeSettings:
     encoder_steps: int = 300
     decoder_steps: int = 300
     batch: int = 4
-    resize: int = 300
-    crop: int = 256
+    resize: int = 160
+    crop: int = 128
     lr: float = 1e-4
     beta: float = 1.0  # feature MSE against the float encoder, relative to the features' power (scale-free)
     wct_weight: float = 1.0  # stage 3: MSE against the float pair's WCT result
