@@ -164,7 +164,8 @@ def test_quantize_fine_tunes_records_and_exports_trained_ranges(tmp_path: Path) 
                                        "--held-out", str(held_out), "--encoder-steps", "4", "--decoder-steps", "4",
                                        "--crop", "64", "--resize", "96", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "| 2 | trained |" in result.output  # a random student decodes noise: pass or fail, the gate is printed
+    # a random student decodes noise: pass or fail, the gate's verdict is printed
+    assert "| 2 | trained |" in result.output or "quality gate failed at every level (level 2:" in result.output
     qat = load(out)
     record = qat.meta["int8"]
     assert record["training"]["settings"]["encoder_steps"] == 4 and "quality" in record

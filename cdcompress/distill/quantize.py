@@ -37,7 +37,8 @@ from ..export.errors import ExportError
 from ..export.int8_record import META_KEY, SCHEME, level_record, trained_ranges
 from ..models.format import CDModel
 from ..surgery import fake_quant
-from ..surgery.modules import freeze
+from ..surgery.modules import EncoderDecoderPair, freeze
+from .decoder import DecoderTask
 from .trainer import TrainConfig, Trainer
 
 
@@ -100,37 +101,26 @@ class EncoderQAT:
         return [batch.input, self.collaborator(self.float_encoder(batch.input)), self.predict(batch.input)]
 
 
-class DecoderQAT:
+class DecoderQAT(DecoderTask):
     """Stage 3: INT8 decoder on the frozen INT8 encoder, judged by reconstruction and by the float pair's WCT."""
 
     def __init__(self, level: int, decoder: nn.Module, encoder: nn.Module, float_pair: tuple[nn.Module, nn.Module],
                  wct_weight: float) -> None:
-        self.name = f"qat_decoder{level}"
-        self.decoder, self.encoder, self.float_pair, self.wct_weight = decoder, encoder, float_pair, wct_weight
-        self.sample_titles = ["input", "float pair", "INT8 pair"]
+        super().__init__(f"qat_decoder{level}", encoder, decoder, None, 0.0, reference=EncoderDecoderPair(*float_pair))
+        self.float_pair, self.wct_weight = float_pair, wct_weight
 
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        return {"decoder": self.decoder}
-
-    def set_train(self, mode: bool) -> None:
-        self.decoder.train(mode)
+    def sample_titles(self, batch: Batch) -> list[str]:
+        return ["input", "float pair", "INT8 pair"]
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            features = self.encoder(batch.input)
-        terms = {"pixel": F.mse_loss(self.decoder(features), batch.input)}
+        terms = super().losses(batch)  # pixel MSE of the reconstruction
         if self.wct_weight > 0:
             with torch.no_grad():
-                mapped = stylized_features(features)
+                mapped = stylized_features(self.encoder(batch.input))
                 target = self.float_pair[1](stylized_features(self.float_pair[0](batch.input)))
             terms["wct"] = self.wct_weight * F.mse_loss(self.decoder(mapped), target)
-        return {"total": sum(terms.values()), **terms}
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(images))
-
-    def samples(self, batch: Batch) -> list[torch.Tensor]:
-        return [batch.input, self.float_pair[1](self.float_pair[0](batch.input)), self.predict(batch.input)]
+            terms["total"] = terms["total"] + terms["wct"]
+        return terms
 
 
 def stylized_features(features: torch.Tensor) -> torch.Tensor:

@@ -125,28 +125,25 @@ def _sample(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------- which points
 
-def _check_vgg(net: nn.Module) -> None:
-    from ..models.vgg import VGGDecoder, VGGEncoder
-
-    if not isinstance(net, (VGGEncoder, VGGDecoder)):
+def _is_encoder(net: nn.Module) -> bool:
+    """A VGG-family network (``models/vgg.py``: its forward runs ``net.plan``, module names in order) is an encoder
+    when it starts with the 1x1 input normalisation ``conv0``, a decoder when it ends with the RGB ``conv11``. Read
+    from that structure: network surgery sits below the architectures and does not import them."""
+    plan = getattr(net, "plan", None)
+    if not isinstance(plan, list) or not plan or not hasattr(net, "spec"):
         raise QuantizationError(f"INT8 fake quantization takes VGG-family encoders and decoders, got {type(net).__name__}")
+    return plan[0] == "conv0"
 
 
 def pixel_convs(net: nn.Module) -> list[str]:
     """The convolutions that stay float: the encoder's input normalisation, the decoder's RGB output."""
-    from ..models.vgg import VGGEncoder
-
-    _check_vgg(net)
-    return ["conv0"] if isinstance(net, VGGEncoder) else ["conv11"]
+    return ["conv0"] if _is_encoder(net) else ["conv11"]
 
 
 def quant_points(net: nn.Module) -> list[str]:
     """Where the INT8 graph quantizes activations, in forward order (see the module docstring)."""
-    from ..models.vgg import VGGEncoder
-
-    _check_vgg(net)
     relus = [n for n in net.plan if n.startswith("relu")]
-    if isinstance(net, VGGEncoder):
+    if _is_encoder(net):
         return ["conv0", *relus]
     return [INPUT, *(r for r in relus if r != "relu1_1")]
 
