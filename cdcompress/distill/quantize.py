@@ -238,23 +238,28 @@ def quantize_model(model: CDModel, train: Sequence[Path], held_out: Sequence[Pat
     return result
 
 
-def measure_int8(qat: CDModel, reference: CDModel, levels: Sequence[int], held_out: Path | None,
+def measure_int8(qat: CDModel, reference: CDModel | Path, levels: Sequence[int], held_out: Path | None,
                  echo: Callable[[str], None] | None = None, cascade: bool = True) -> Any:
-    """The INT8 bundle of ``qat`` (its trained ranges) judged against ``reference``'s float32 graphs on the held-out
-    photos (scikit-image's held-out pair when ``held_out`` is None): per-level and cascade gate, in a scratch folder.
-    Returns the exporter's :class:`~cdcompress.export.int8.Int8Result` (its bundle is gone afterwards)."""
+    """The INT8 bundle of ``qat`` (its trained ranges) judged against ``reference``'s float32 graphs (a model, or its
+    already exported float32 bundle) on the held-out photos (scikit-image's held-out pair when ``held_out`` is None):
+    per-level and cascade gate, in a scratch folder. Returns the exporter's
+    :class:`~cdcompress.export.int8.Int8Result` (its bundle is gone afterwards)."""
     import tempfile
 
-    from ..export import export_bundle
     from ..export.int8 import quantize_bundle
 
     with tempfile.TemporaryDirectory(prefix="cdcompress-qat-") as scratch:
-        bundles = {}
-        for name, model in (("qat", qat), ("reference", reference)):
-            bundles[name] = Path(scratch) / name
-            export_bundle(model, bundles[name], "onnx-dynamic", sorted(levels), echo=lambda _line: None, progress=False)
-        return quantize_bundle(bundles["qat"], Path(scratch) / "int8", held_out=held_out, echo=echo or (lambda _: None),
-                               ranges=trained_ranges(qat, levels), reference=bundles["reference"], cascade=cascade)
+        bundle = _float_bundle(qat, Path(scratch) / "qat", levels)
+        judge = reference if isinstance(reference, Path) else _float_bundle(reference, Path(scratch) / "reference", levels)
+        return quantize_bundle(bundle, Path(scratch) / "int8", held_out=held_out, echo=echo or (lambda _: None),
+                               ranges=trained_ranges(qat, levels), reference=judge, cascade=cascade)
+
+
+def _float_bundle(model: CDModel, out: Path, levels: Sequence[int]) -> Path:
+    from ..export import export_bundle
+
+    export_bundle(model, out, "onnx-dynamic", sorted(levels), echo=lambda _line: None, progress=False)
+    return out
 
 
 def restore_float_levels(qat: CDModel, source: CDModel, levels: Sequence[int],
@@ -294,14 +299,18 @@ def settle_int8_levels(qat: CDModel, model: CDModel, held_out_folder: Path | Non
     per level first (a level past its own gate deploys in float32, so it gets the source's weights back), then the
     whole cascade (levels it sets back to float32 likewise); the final measurement goes to ``echo`` and into
     ``qat.meta["int8"]["quality"]``. Returns the exporter's result, or None when the gate refused every level."""
+    import tempfile
+
     levels = sorted(int(k) for k in qat.meta[META_KEY]["levels"])
     say = echo or (lambda _line: None)
     try:
-        result = measure_int8(qat, model, levels, held_out_folder, cascade=False)
-        restore_float_levels(qat, model, [k for k in levels if k not in result.manifest["int8_levels"]], say)
-        result = measure_int8(qat, model, levels, held_out_folder)
-        restore_float_levels(qat, model, result.cascade.kept_float, say)
-        result = measure_int8(qat, model, levels, held_out_folder, echo)
+        with tempfile.TemporaryDirectory(prefix="cdcompress-qat-reference-") as scratch:
+            judge = _float_bundle(model, Path(scratch) / "reference", levels)  # exported once for the three verdicts
+            result = measure_int8(qat, judge, levels, held_out_folder, cascade=False)
+            restore_float_levels(qat, model, [k for k in levels if k not in result.manifest["int8_levels"]], say)
+            result = measure_int8(qat, judge, levels, held_out_folder)
+            restore_float_levels(qat, model, result.cascade.kept_float, say)
+            result = measure_int8(qat, judge, levels, held_out_folder, echo)
     except ExportError as exc:  # the fine-tune is kept (inspect it, or --resume with more steps); the record says why
         qat.meta[META_KEY]["quality"] = {"refused": str(exc), "int8_levels": []}
         say(f"no level passes the INT8 gate ({exc}); the fine-tuned model is written all the same, for inspection "
